@@ -1,0 +1,105 @@
+"""Argument checks shared by the public functions.
+
+Checks on shapes, dtypes and Python hyperparameters always run (they are static
+under `jit`). Checks on *values* (finite tau, index ranges, enough finite
+scores) only run when the value is concrete: under `jit` the documented traced
+behaviour applies instead, because a value check there would force a host sync.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+  """True when `x` holds a value known on the host (not a tracer)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_k(k, n: int, *, name: str = "k") -> int:
+  """`k` must be a Python int (static under jit) with 1 <= k <= n."""
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    raise TypeError(
+      f"{name} must be a Python int (it fixes output shapes, so it is static "
+      f"under jit); got {type(k).__name__}."
+    )
+  k = operator.index(k)
+  if not 1 <= k <= n:
+    raise ValueError(f"{name} must satisfy 1 <= {name} <= n = {n}; got {name}={k}.")
+  return k
+
+
+def check_scores(scores, *, name: str = "scores") -> jax.Array:
+  """Real floating array of rank >= 1; returns it as a `jax.Array`."""
+  dtype = jnp.result_type(scores)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{name} must be a real floating array (log-weights); got dtype {dtype}.")
+  scores = jnp.asarray(scores)
+  if scores.ndim < 1:
+    raise ValueError(f"{name} must have rank >= 1 (items on the last axis); got a scalar.")
+  if scores.shape[-1] < 1:
+    raise ValueError(f"{name} must have at least one item on its last axis.")
+  if is_concrete(scores):
+    host = np.asarray(scores, dtype=np.float64)
+    if np.isnan(host).any() or (host == np.inf).any():
+      raise ValueError(f"{name} must not contain NaN or +inf (use -inf to exclude an item).")
+  return scores
+
+
+def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> None:
+  """Concrete scores need at least `k` finite entries in every row."""
+  if is_concrete(scores):
+    fewest = int(np.isfinite(np.asarray(scores, dtype=np.float64)).sum(axis=-1).min())
+    if fewest < k:
+      raise ValueError(
+        f"every row of {name} needs at least k={k} finite entries (-inf marks an "
+        f"excluded item); a row has only {fewest}."
+      )
+
+
+def check_tau(tau, *, name: str = "tau") -> None:
+  """`tau` is a real scalar; when concrete it must be finite and > 0."""
+  dtype = jnp.result_type(tau)
+  if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+    raise TypeError(f"{name} must be a real scalar; got dtype {dtype}.")
+  if jnp.ndim(tau) != 0:
+    raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(tau)}.")
+  if is_concrete(tau):
+    value = float(tau)
+    if not (np.isfinite(value) and value > 0):
+      raise ValueError(f"{name} must be finite and > 0; got {value}.")
+
+
+def check_indices(indices, scores: jax.Array, *, name: str = "indices") -> jax.Array:
+  """Integer `[..., k]` with the scores' batch shape, distinct entries in [0, n)."""
+  dtype = jnp.result_type(indices)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(f"{name} must be an integer array; got dtype {dtype}.")
+  indices = jnp.asarray(indices)
+  n = scores.shape[-1]
+  if indices.ndim != scores.ndim or indices.shape[:-1] != scores.shape[:-1]:
+    raise ValueError(
+      f"{name} must have shape scores.shape[:-1] + (k,) = {scores.shape[:-1]} + (k,); "
+      f"got {indices.shape}."
+    )
+  check_k(indices.shape[-1], n, name=f"{name}.shape[-1] (k)")
+  if is_concrete(indices) and indices.size:
+    host = np.asarray(indices)
+    lo, hi = int(host.min()), int(host.max())
+    if lo < 0 or hi >= n:
+      raise ValueError(f"{name} must lie in [0, n) = [0, {n}); got values in [{lo}, {hi}].")
+    ordered = np.sort(host, axis=-1)
+    if (ordered[..., 1:] == ordered[..., :-1]).any():
+      raise ValueError(
+        f"{name} must not repeat an item within a row (sampling is without replacement)."
+      )
+  return indices
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+  """Float32 at least: half precisions are upcast, float64 stays float64."""
+  return jnp.promote_types(dtype, jnp.float32)

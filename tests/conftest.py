@@ -1,0 +1,28 @@
+"""Strict JAX settings for every test, scoped to the test (nothing global at import)."""
+
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _strict_jax():
+  # Implicit rank promotion hides shape bugs; make it an error inside tests.
+  with jax.numpy_rank_promotion("raise"):
+    yield
+
+
+@pytest.fixture
+def key():
+  return jax.random.key(0)
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield

@@ -1,0 +1,43 @@
+"""Independent float64 NumPy references used by the tests (not by the library)."""
+
+import itertools
+
+import numpy as np
+
+
+def soft_topk_numpy(scores, k, tau):
+  """The seed's recursion in float64 with an exact log(1 - p): a + log(1 - softmax(a / tau))."""
+  a = np.array(scores, dtype=np.float64)
+  total = np.zeros_like(a)
+  for _ in range(k):
+    z = a / tau
+    z = z - z.max(axis=-1, keepdims=True)
+    w = np.exp(z)
+    s = w.sum(axis=-1, keepdims=True)
+    p = w / s
+    # log(1 - p_i) = log(sum_{l != i} w_l) - log(s): computed per item without cancellation.
+    others = np.empty_like(a)
+    for i in range(a.shape[-1]):
+      others[..., i] = np.delete(w, i, axis=-1).sum(axis=-1)
+    total += p
+    a = a + np.log(others) - np.log(s)
+  return total
+
+
+def ordered_prob_numpy(weights, order):
+  weights = np.asarray(weights, dtype=np.float64)
+  left = np.ones(len(weights), bool)
+  prob = 1.0
+  for i in order:
+    # Sum what is left rather than subtracting from Z: no cancellation.
+    prob *= weights[i] / weights[left].sum()
+    left[i] = False
+  return prob
+
+
+def all_orders(n, k):
+  return list(itertools.permutations(range(n), k))
+
+
+def all_sets(n, k):
+  return list(itertools.combinations(range(n), k))
