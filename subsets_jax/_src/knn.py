@@ -1,0 +1,79 @@
+"""Exact k-nearest-neighbour classification by majority vote, chunked over queries."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from subsets_jax._src import dknn, validation
+
+
+def _vote(neighbor_classes: jax.Array, num_classes: int) -> jax.Array:
+  """Majority class of each row of `[Q, k]` labels listed nearest first; ties -> nearest."""
+  k = neighbor_classes.shape[-1]
+  one_hot = jax.nn.one_hot(neighbor_classes, num_classes, dtype=jnp.int32)  # [Q, k, C]
+  counts = jnp.sum(one_hot, axis=1)
+  rank = jnp.arange(k, dtype=jnp.int32)[None, :, None]
+  # Position of each class's nearest member (k when absent): smaller is better among ties.
+  first = jnp.min(jnp.where(one_hot > 0, rank, k), axis=1)
+  return jnp.argmax(counts * (k + 1) - first, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk_size"))
+def knn_predict(
+  query_emb: ArrayLike,
+  neighbor_emb: ArrayLike,
+  neighbor_labels: ArrayLike,
+  *,
+  k: int,
+  num_classes: int,
+  chunk_size: int = 512,
+) -> jax.Array:
+  """Classifies queries by majority vote among their `k` nearest neighbours.
+
+  Exact Euclidean kNN: `lax.top_k` of minus the squared distances, computed
+  `chunk_size` queries at a time (`lax.map`), so memory is
+  O(chunk_size x N) whatever the number of queries.
+
+  Tie rules (deterministic): among neighbours at equal distance, the lower
+  neighbour index counts as nearer (the order of `lax.top_k`); among classes
+  with equal vote counts, the class whose member is nearest wins.
+
+  Args:
+    query_emb: `[Q, p]`.
+    neighbor_emb: `[N, p]`, `N >= k`.
+    neighbor_labels: int `[N]` in `[0, num_classes)`.
+    k: neighbours per vote (static).
+    num_classes: number of classes (static).
+    chunk_size: queries per chunk (static).
+
+  Returns:
+    int32 `[Q]` predicted classes.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> bank = jnp.array([[0.], [1.], [10.], [11.], [12.]])
+    >>> knn_predict(jnp.array([[0.5], [10.5]]), bank, jnp.array([0, 0, 1, 1, 1]),
+    ...             k=3, num_classes=2)
+    Array([0, 1], dtype=int32)
+  """
+  dknn._check_embeddings(query_emb, neighbor_emb)
+  dknn._check_labels(neighbor_labels, jnp.shape(neighbor_emb)[0], "neighbor_labels")
+  validation.check_k(k, jnp.shape(neighbor_emb)[0])
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a Python int >= 1; got {chunk_size!r}.")
+  queries = jnp.asarray(query_emb)
+  num_queries = queries.shape[0]
+  num_chunks = -(-num_queries // chunk_size)
+  padded = jnp.pad(queries, ((0, num_chunks * chunk_size - num_queries), (0, 0)))
+  labels = jnp.asarray(neighbor_labels)
+
+  def classify(chunk):
+    _, nearest = jax.lax.top_k(-dknn.pairwise_sq_distances(chunk, neighbor_emb), k)
+    return _vote(labels[nearest], num_classes)
+
+  predictions = jax.lax.map(classify, padded.reshape(num_chunks, chunk_size, -1))
+  return predictions.reshape(-1)[:num_queries]
