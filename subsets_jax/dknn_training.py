@@ -13,6 +13,7 @@ test time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -35,6 +36,7 @@ from subsets_jax._src.knn import knn_predict
 LATEST = "checkpoint_latest.msgpack"
 BEST = "checkpoint_best.msgpack"
 METRICS = "metrics.jsonl"
+_print_flush = functools.partial(print, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +262,7 @@ def train_and_evaluate(
   workdir: str | pathlib.Path,
   *,
   resume: bool = False,
-  log: Callable[[str], None] = print,
+  log: Callable[[str], None] = _print_flush,
 ) -> dict[str, Any]:
   """Trains, keeps the best-validation checkpoint, reports its test accuracy.
 

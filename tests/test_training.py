@@ -1,0 +1,116 @@
+"""End-to-end dKNN training: digits accuracy, exact resume, the example's CLI on MNIST."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from subsets_jax import dknn_training as training
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DIGITS = training.TrainConfig(
+  dataset="digits",
+  num_queries=50,
+  num_neighbors=50,
+  num_epochs=3,
+  learning_rate=1e-3,
+  validation_size=150,
+  progress=False,
+)
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (workdir / training.METRICS).read_text().splitlines()]
+
+
+def _params(workdir, name=training.LATEST):
+  from flax import serialization
+
+  payload = serialization.msgpack_restore((workdir / name).read_bytes())
+  return jax.tree_util.tree_leaves(payload["state"]["params"])
+
+
+def test_digits_end_to_end_reaches_accuracy(tmp_path):
+  summary = training.train_and_evaluate(DIGITS, tmp_path, log=lambda _: None)
+  # An untrained ConvNet's kNN already does well on digits; training must reach 95 %.
+  assert summary["test_accuracy"] >= 0.95
+  records = _records(tmp_path)
+  assert [r["epoch"] for r in records[:-1]] == [1, 2, 3]
+  assert records[-1]["final"] and records[-1]["test_accuracy"] == summary["test_accuracy"]
+  assert records[0]["train_top_k_correctness"] < records[-2]["train_top_k_correctness"]
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+  straight = tmp_path / "straight"
+  training.train_and_evaluate(DIGITS, straight, log=lambda _: None)
+  interrupted = tmp_path / "interrupted"
+  # Stop mid-run (the budget is hit inside epoch 1), then resume without a budget.
+  cut = training.TrainConfig(**{**DIGITS.__dict__, "time_budget_s": 1e-3})
+  first = training.train_and_evaluate(cut, interrupted, log=lambda _: None)
+  assert first["stopped_by_time_budget"] and first["steps"] < 3 * 24
+  training.train_and_evaluate(DIGITS, interrupted, resume=True, log=lambda _: None)
+  for a, b in zip(_params(straight), _params(interrupted), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  base = [
+    sys.executable,
+    str(REPO / "examples" / "train_mnist.py"),
+    "--max_train_examples",
+    "1000",
+    "--max_test_examples",
+    "500",
+    "--validation_size",
+    "300",
+    "--workdir",
+    str(workdir),
+    "--no_progress",
+    "--time_budget_min",
+    "0",
+  ]
+  run = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr
+  assert "val acc" in run.stdout and "test accuracy" in run.stdout
+  assert (workdir / training.BEST).exists() and (workdir / training.LATEST).exists()
+  first = _records(workdir)
+  assert first[-1]["final"] and first[-1]["test_accuracy"] > 0.5
+  run = subprocess.run(
+    [*base, "--epochs", "2", "--resume"], capture_output=True, text=True, timeout=600
+  )
+  assert run.returncode == 0, run.stderr
+  assert "resumed from" in run.stdout
+  epochs = [r["epoch"] for r in _records(workdir) if "epoch" in r]
+  assert epochs == [1, 2]
+
+
+def test_example_help_lists_flags():
+  run = subprocess.run(
+    [sys.executable, str(REPO / "examples" / "train_mnist.py"), "--help"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert run.returncode == 0
+  for flag in (
+    "--dataset",
+    "--data_dir",
+    "--k",
+    "--tau",
+    "--num_samples",
+    "--lr",
+    "--epochs",
+    "--queries",
+    "--neighbors",
+    "--seed",
+    "--workdir",
+    "--resume",
+    "--time_budget_min",
+  ):
+    assert flag in run.stdout
