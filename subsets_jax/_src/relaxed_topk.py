@@ -16,9 +16,11 @@ from subsets_jax._src import gumbel, validation
 _OTHERS_FLOOR = {jnp.dtype(jnp.float32): 1e-28, jnp.dtype(jnp.float64): 1e-280}
 
 
-def _relaxation_step(tau, carry, _):
-  """One step: p = softmax(b), b <- b + log(1 - p) / tau, in scaled units b = a / tau."""
-  b, total, alive = carry
+def _step(b: jax.Array, alive: jax.Array, tau: jax.Array):
+  """One step in scaled units `b = a / tau`: p = softmax(b), b <- b + log(1 - p) / tau.
+
+  Returns `(b_next, p, alive_next)`.
+  """
   neg_inf = jnp.array(-jnp.inf, b.dtype)
   m = jnp.max(jnp.where(alive, b, neg_inf), axis=-1, keepdims=True)
   m_safe = jnp.where(jnp.isfinite(m), m, 0)
@@ -47,10 +49,102 @@ def _relaxation_step(tau, carry, _):
   b_next = b + log1m_p / tau
   # With no other item left, the top item is used up: it takes no further mass.
   alive_next = alive & ~(is_top & ~has_others)
-  return (b_next, total + p, alive_next), None
+  return b_next, p, alive_next
 
 
-def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array) -> jax.Array:
+def _recursion_scan(b0, alive0, tau, k):
+  """Sum of the k softmaxes; plain `lax.scan`, differentiable in every mode."""
+
+  def body(carry, _):
+    b, total, alive = carry
+    b, p, alive = _step(b, alive, tau)
+    return (b, total + p, alive), None
+
+  (_, total, _), _ = jax.lax.scan(body, (b0, jnp.zeros_like(b0), alive0), None, length=k)
+  return total
+
+
+# The recompute VJP stores at most this many [..., n] states, whatever k is.
+_MAX_STORED_STATES = 16
+
+
+def _segments(k: int) -> tuple[int, int]:
+  """(segment length L, number of segments S): S <= _MAX_STORED_STATES, S * L >= k."""
+  length = -(-k // _MAX_STORED_STATES)
+  return length, -(-k // length)
+
+
+def _recursion_fwd(b0, alive0, tau, k):
+  length, count = _segments(k)
+  ragged = length * count != k
+
+  def segment(carry, seg):
+    checkpoint = (carry[0], carry[2])
+
+    def inner(carry, offset):
+      b, total, alive = carry
+      b_next, p, alive_next = _step(b, alive, tau)
+      if ragged:  # steps past k in the last segment leave the state untouched
+        active = seg * length + offset < k
+        b_next = jnp.where(active, b_next, b)
+        p = jnp.where(active, p, 0)
+        alive_next = jnp.where(active, alive_next, alive)
+      return (b_next, total + p, alive_next), None
+
+    carry, _ = jax.lax.scan(inner, carry, jnp.arange(length))
+    return carry, checkpoint
+
+  init = (b0, jnp.zeros_like(b0), alive0)
+  (_, total, _), checkpoints = jax.lax.scan(segment, init, jnp.arange(count))
+  return total, (checkpoints, tau)
+
+
+def _recursion_bwd(k, residuals, total_bar):
+  (b_saved, alive_saved), tau = residuals
+  length, count = _segments(k)
+
+  def advance(_, state):
+    b, alive = state
+    b_next, _, alive_next = _step(b, alive, tau)
+    return b_next, alive_next
+
+  def segment(carry, xs):
+    b_start, alive_start, seg = xs
+
+    def inner(carry, offset):
+      b_bar, tau_bar = carry
+      # Recompute the state `offset` steps into the segment: O(L^2) time, O(1) states.
+      b, alive = jax.lax.fori_loop(0, offset, advance, (b_start, alive_start))
+      _, step_vjp = jax.vjp(lambda b_, t_: _step(b_, alive, t_)[:2], b, tau)
+      b_bar_prev, tau_bar_step = step_vjp((b_bar, total_bar))
+      active = seg * length + offset < k
+      return (
+        jnp.where(active, b_bar_prev, b_bar),
+        tau_bar + jnp.where(active, tau_bar_step, 0),
+      ), None
+
+    carry, _ = jax.lax.scan(inner, carry, jnp.arange(length), reverse=True)
+    return carry, None
+
+  init = (jnp.zeros_like(total_bar), jnp.zeros_like(tau))
+  (b0_bar, tau_bar), _ = jax.lax.scan(
+    segment, init, (b_saved, alive_saved, jnp.arange(count)), reverse=True
+  )
+  return b0_bar, None, tau_bar
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _recursion_recompute(b0, alive0, tau, k):
+  """Same value as `_recursion_scan`; its VJP keeps O(n) state per row for any k."""
+  return _recursion_scan(b0, alive0, tau, k)
+
+
+_recursion_recompute.defvjp(_recursion_fwd, _recursion_bwd)
+
+_VJP_MODES = ("recompute", "autodiff")
+
+
+def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array, vjp: str) -> jax.Array:
   """`soft_topk` on validated input already in the compute dtype."""
   alive = jnp.isfinite(scores)
   neg_inf = jnp.array(-jnp.inf, scores.dtype)
@@ -59,12 +153,14 @@ def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array) -> jax.Array:
   # dividing by tau keeps exp in range at any score scale.
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
   b = jnp.where(alive, scores - row_max, 0) / tau
-  init = (b, jnp.zeros_like(b), alive)
-  (_, total, _), _ = jax.lax.scan(functools.partial(_relaxation_step, tau), init, None, length=k)
-  return total
+  if vjp == "recompute":
+    return _recursion_recompute(b, alive, tau, k)
+  return _recursion_scan(b, alive, tau, k)
 
 
-def _prepare(scores, k, tau):
+def _prepare(scores, k, tau, vjp):
+  if vjp not in _VJP_MODES:
+    raise ValueError(f"vjp must be one of {_VJP_MODES}; got {vjp!r}.")
   scores = validation.check_scores(scores)
   k = validation.check_k(k, scores.shape[-1])
   validation.check_tau(tau)
@@ -73,7 +169,9 @@ def _prepare(scores, k, tau):
   return scores, k, jnp.asarray(tau, dtype)
 
 
-def soft_topk(scores: ArrayLike, k: int, tau: ArrayLike = 1.0) -> jax.Array:
+def soft_topk(
+  scores: ArrayLike, k: int, tau: ArrayLike = 1.0, *, vjp: str = "recompute"
+) -> jax.Array:
   r"""Relaxed k-hot vector of the top `k` scores (no noise).
 
   The recursion of Xie & Ermon, "Reparameterizable Subset Sampling via
@@ -85,7 +183,14 @@ def soft_topk(scores: ArrayLike, k: int, tau: ArrayLike = 1.0) -> jax.Array:
       output = sum_j p^j
 
   It runs as a `lax.scan` over the `k` steps carrying the running sum, O(k n)
-  time and O(n) state per row (reverse-mode autodiff stores each step).
+  time and O(n) state per row.
+
+  Gradients (`vjp`): "recompute" (default) is a custom VJP that stores at most
+  16 of the k intermediate states and recomputes the others, so reverse-mode
+  memory is O(n) per row for any k (time O(k n) for k <= 16, about
+  O(k^2 n / 32) beyond); it supports `grad`/`vjp` but not forward mode.
+  "autodiff" differentiates the scan itself: every transformation works
+  (`jvp`, `hessian`), at O(k n) memory per row.
 
   Numerics: each row is shifted by its maximum before dividing by `tau`, so any
   score scale works. `log(1 - p)` is computed without clamping: `log1p(-p)` for
@@ -114,13 +219,15 @@ def soft_topk(scores: ArrayLike, k: int, tau: ArrayLike = 1.0) -> jax.Array:
     k: subset size, a Python int with `1 <= k <= n` (static under jit).
     tau: temperature, a scalar > 0; may be a traced array (changing it does
       not recompile a jitted caller).
+    vjp: "recompute" (memory independent of k, reverse mode only) or
+      "autodiff" (plain scan autodiff, all transformations).
 
   Returns:
     `[..., n]` relaxed k-hot vector in the dtype of `scores`.
 
   Raises:
     TypeError: non-float `scores`, non-int `k`, or non-real `tau`.
-    ValueError: `k` outside `[1, n]`; concrete `tau` not finite and > 0;
+    ValueError: `k` outside `[1, n]`; unknown `vjp`; concrete `tau` not finite and > 0;
       concrete `scores` with NaN, `+inf` or fewer than `k` finite entries.
 
   Example:
@@ -129,9 +236,9 @@ def soft_topk(scores: ArrayLike, k: int, tau: ArrayLike = 1.0) -> jax.Array:
     >>> [round(float(v), 3) for v in y]
     [0.0, 0.0, 1.0, 1.0]
   """
-  scores, k, tau = _prepare(scores, k, tau)
+  scores, k, tau = _prepare(scores, k, tau, vjp)
   dtype = validation.compute_dtype(scores.dtype)
-  return _soft_topk_core(scores.astype(dtype), k, tau).astype(scores.dtype)
+  return _soft_topk_core(scores.astype(dtype), k, tau, vjp).astype(scores.dtype)
 
 
 def gumbel_topk_relaxed(
@@ -141,6 +248,7 @@ def gumbel_topk_relaxed(
   tau: ArrayLike = 1.0,
   *,
   hard: bool = False,
+  vjp: str = "recompute",
 ) -> jax.Array:
   """Reparameterised relaxed sample of a k-subset (Xie & Ermon, IJCAI 2019).
 
@@ -160,6 +268,7 @@ def gumbel_topk_relaxed(
     k: subset size, a Python int with `1 <= k <= n`.
     tau: temperature > 0, a scalar that may be traced.
     hard: straight-through k-hot forward value.
+    vjp: gradient mode, as in `soft_topk`.
 
   Returns:
     `[..., n]` in the dtype of `scores`: relaxed k-hot, or exact k-hot when `hard`.
@@ -177,11 +286,11 @@ def gumbel_topk_relaxed(
     >>> sorted(set(h.tolist()))
     [0.0, 1.0]
   """
-  scores, k, tau = _prepare(scores, k, tau)
+  scores, k, tau = _prepare(scores, k, tau, vjp)
   if not isinstance(hard, bool):
     raise TypeError(f"hard must be a bool; got {type(hard).__name__}.")
   perturbed = gumbel.perturb(key, scores)
-  soft = _soft_topk_core(perturbed, k, tau)
+  soft = _soft_topk_core(perturbed, k, tau, vjp)
   if hard:
     _, indices = jax.lax.top_k(perturbed, k)
     exact = gumbel.khot(indices, scores.shape[-1], dtype=soft.dtype)

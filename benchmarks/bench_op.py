@@ -1,0 +1,174 @@
+"""Op benchmark: relaxed top-k (JAX) vs the seed's PyTorch SubsetOperator, roofline, memory.
+
+  python benchmarks/bench_op.py [--cases small|all] [--repeats 7] [--out results.json]
+
+Prints, per (B, N, k) case: median forward and forward+backward times for JAX (jit) and
+PyTorch (eager, same inputs), their ratio, the roofline floor measured on this machine, and
+the compiled peak temporary memory of forward+backward as k grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import subsets_jax as sj
+
+CASES = [(100, 100, 9), (100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
+TAU = 1.0
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def jax_fns(k: int, vjp: str):
+  fwd = jax.jit(lambda key, s: sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
+
+  def loss(s, key, w):
+    return jnp.sum(w * sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
+
+  fwd_bwd = jax.jit(jax.value_and_grad(loss))
+  return fwd, fwd_bwd
+
+
+def measure_ceilings(repeats: int) -> dict[str, float]:
+  """Memory bandwidth (large copy) and exp throughput (large jnp.exp), measured here."""
+  n = 64 * 2**20  # 256 MB of float32
+  x = jnp.ones((n,), jnp.float32)
+  copy = jax.jit(lambda v: v + 1.0)
+  t_copy = median_time(lambda: copy(x).block_until_ready(), repeats)
+  small = jnp.linspace(-5, 5, 16 * 2**20, dtype=jnp.float32)
+  exp = jax.jit(lambda v: jnp.sum(jnp.exp(v)))  # reduction: compute, not memory, bound
+  t_exp = median_time(lambda: exp(small).block_until_ready(), repeats)
+  return {"bandwidth_gb_s": 2 * n * 4 / t_copy / 1e9, "exp_per_s": small.size / t_exp}
+
+
+def roofline_floor(b, n, k, ceilings, backward: bool) -> float:
+  """Larger of bytes/bandwidth and transcendentals/exp-rate (2 per element per step)."""
+  passes = 2 if backward else 1
+  bytes_moved = passes * 2 * b * n * 4
+  transcendentals = passes * 2 * k * b * n
+  return max(
+    bytes_moved / (ceilings["bandwidth_gb_s"] * 1e9), transcendentals / ceilings["exp_per_s"]
+  )
+
+
+def compiled_temp_bytes(b, n, k, vjp) -> int:
+  _, fwd_bwd = jax_fns(k, vjp)
+  s = jax.ShapeDtypeStruct((b, n), jnp.float32)
+  compiled = fwd_bwd.lower(s, jax.random.key(0), s).compile()
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--cases", choices=("small", "all"), default="all")
+  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--no_torch", action="store_true")
+  p.add_argument("--vjp", choices=("recompute", "autodiff"), default="recompute")
+  p.add_argument("--out", default=None, help="write the results as JSON here")
+  args = p.parse_args()
+  cases = CASES if args.cases == "all" else CASES[:2]
+  torch = None
+  if not args.no_torch:
+    import torch
+
+    from benchmarks import torch_reference
+  results = {
+    "machine": f"{platform.node()} {platform.processor()} ({jax.devices()[0]})",
+    "date": time.strftime("%Y-%m-%d"),
+    "jax": jax.__version__,
+    "cases": [],
+  }
+  ceilings = measure_ceilings(args.repeats)
+  results["ceilings"] = ceilings
+  print(
+    f"device {jax.devices()[0]}; bandwidth {ceilings['bandwidth_gb_s']:.1f} GB/s, "
+    f"exp {ceilings['exp_per_s'] / 1e9:.2f} G/s"
+  )
+  header = (
+    f"{'B':>4} {'N':>7} {'k':>3} | {'jax fwd':>9} {'torch fwd':>9} {'ratio':>6} | "
+    f"{'jax f+b':>9} {'torch f+b':>9} {'ratio':>6} | {'floor f+b':>9} {'x floor':>7}"
+  )
+  print(header)
+  rng = np.random.default_rng(0)
+  for b, n, k in cases:
+    scores_np = rng.normal(size=(b, n)).astype(np.float32) * 2
+    w_np = rng.normal(size=(b, n)).astype(np.float32)
+    scores, w, key = jnp.asarray(scores_np), jnp.asarray(w_np), jax.random.key(1)
+    fwd, fwd_bwd = jax_fns(k, args.vjp)
+    t_fwd = median_time(lambda: fwd(key, scores).block_until_ready(), args.repeats)
+    t_fb = median_time(lambda: jax.block_until_ready(fwd_bwd(scores, key, w)), args.repeats)
+    row = {"B": b, "N": n, "k": k, "jax_fwd_s": t_fwd, "jax_fwd_bwd_s": t_fb}
+    if torch is not None:
+      ts, tw = torch.from_numpy(scores_np), torch.from_numpy(w_np)
+      # Same function: compare on the same perturbed scores, where the clamp is inactive.
+      perturbed = scores + sj.gumbel_noise(key, scores)
+      ours = np.asarray(sj.soft_topk(perturbed, k, TAU))
+      theirs = torch_reference.subset_operator(
+        torch.from_numpy(np.asarray(perturbed)), k, TAU, noise=False
+      ).numpy()
+      row["max_abs_diff_vs_torch"] = float(np.abs(ours - theirs).max())
+
+      def torch_fwd():
+        with torch.no_grad():
+          torch_reference.subset_operator(ts, k, TAU)
+
+      def torch_fwd_bwd():
+        s = ts.clone().requires_grad_(True)
+        (tw * torch_reference.subset_operator(s, k, TAU)).sum().backward()
+
+      row["torch_fwd_s"] = median_time(torch_fwd, args.repeats)
+      row["torch_fwd_bwd_s"] = median_time(torch_fwd_bwd, args.repeats)
+      row["ratio_fwd"] = row["torch_fwd_s"] / t_fwd
+      row["ratio_fwd_bwd"] = row["torch_fwd_bwd_s"] / t_fb
+    row["floor_fwd_bwd_s"] = roofline_floor(b, n, k, ceilings, backward=True)
+    row["over_floor"] = t_fb / row["floor_fwd_bwd_s"]
+    results["cases"].append(row)
+
+    def ms(key):
+      return f"{row[key] * 1e3:9.2f}" if key in row else f"{'-':>9}"
+
+    def ratio(key):
+      return f"{row[key]:6.1f}" if key in row else f"{'-':>6}"
+
+    print(
+      f"{b:>4} {n:>7} {k:>3} | {ms('jax_fwd_s')} {ms('torch_fwd_s')} {ratio('ratio_fwd')} | "
+      f"{ms('jax_fwd_bwd_s')} {ms('torch_fwd_bwd_s')} {ratio('ratio_fwd_bwd')} | "
+      f"{ms('floor_fwd_bwd_s')} {row['over_floor']:7.1f}"
+      + (f"   max|diff| {row['max_abs_diff_vs_torch']:.1e}" if torch else "")
+    )
+  print("\ncompiled temporary memory of forward+backward, B=100, N=10000 (MB):")
+  results["memory"] = []
+  for vjp in ("recompute", "autodiff"):
+    line = {"vjp": vjp}
+    for k in (1, 8, 64, 256):
+      line[k] = compiled_temp_bytes(100, 10000, k, vjp) / 2**20
+    results["memory"].append(line)
+    print(
+      f"  {vjp:>9}: "
+      + ", ".join(f"k={k}: {line[k]:.1f}" for k in (1, 8, 64, 256))
+      + f"   (k=256 / k=8 = {line[256] / line[8]:.2f})"
+    )
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
