@@ -29,6 +29,7 @@ import optax
 from flax.training import train_state
 
 from subsets_jax import datasets
+from subsets_jax._src import sharding
 from subsets_jax._src.convnet import ConvNet
 from subsets_jax._src.dknn import dknn_loss
 from subsets_jax._src.knn import knn_predict
@@ -63,6 +64,7 @@ class TrainConfig:
   max_test_examples: int | None = None
   time_budget_s: float | None = None  # stop training once exceeded, then evaluate
   eval_batch_size: int = 1000
+  num_devices: int | None = None  # None: all visible devices that divide the batch sizes
   progress: bool = True
 
 
@@ -181,25 +183,46 @@ def eval_step(state, images):
   return state.apply_fn({"params": state.params}, images)
 
 
-def embed(state, images: np.ndarray, batch_size: int) -> jax.Array:
-  """Embeds `images` in fixed-size batches (the last one padded: one compilation)."""
+def embed(state, images: np.ndarray, batch_size: int, mesh=None) -> jax.Array:
+  """Embeds `images` in fixed-size batches (the last one padded: one compilation).
+
+  With a `mesh`, each batch is split over its devices.
+  """
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]
     pad = batch_size - len(chunk)
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+    if mesh is not None:
+      chunk = sharding.shard_batch(chunk, mesh)
     out.append(eval_step(state, chunk)[: batch_size - pad])
   return jnp.concatenate(out)
 
 
 def evaluate(
-  state, bank_images, bank_labels, query_images, query_labels, *, k, num_classes, batch_size=1000
+  state,
+  bank_images,
+  bank_labels,
+  query_images,
+  query_labels,
+  *,
+  k,
+  num_classes,
+  batch_size=1000,
+  mesh=None,
 ) -> float:
-  """kNN accuracy of `query_images` against the embedded bank (exact, no sampling)."""
-  bank = embed(state, bank_images, batch_size)
-  queries = embed(state, query_images, batch_size)
-  pred = knn_predict(queries, bank, jnp.asarray(bank_labels), k=k, num_classes=num_classes)
+  """kNN accuracy of `query_images` against the embedded bank (exact, no sampling).
+
+  With a multi-device `mesh`, embedding is data-parallel and the bank is sharded
+  across devices for the kNN search (merged exactly).
+  """
+  mesh = mesh if mesh is not None and mesh.size > 1 else None
+  bank = embed(state, bank_images, batch_size, mesh)
+  queries = embed(state, query_images, batch_size, mesh)
+  pred = knn_predict(
+    queries, bank, jnp.asarray(bank_labels), k=k, num_classes=num_classes, mesh=mesh
+  )
   return float(np.mean(np.asarray(pred) == query_labels))
 
 
@@ -309,6 +332,12 @@ def train_and_evaluate(
     with open(workdir / METRICS, "a") as f:
       f.write(json.dumps(entry) + "\n")
 
+  # Data parallel: parameters replicated, each step's queries and neighbours split.
+  mesh = sharding.data_mesh(
+    config.num_devices, divides=(config.num_queries, config.num_neighbors, config.eval_batch_size)
+  )
+  log(f"devices: {mesh.size} x {mesh.devices.flat[0].platform} (data parallel)")
+  state = sharding.replicate(state, mesh)
   tau = jnp.float32(config.tau)
   out_of_time = False
   while epoch < config.num_epochs and not out_of_time:
@@ -324,6 +353,7 @@ def train_and_evaluate(
         "neighbor_images": splits.train_images[ni],
         "neighbor_labels": splits.train_labels[ni],
       }
+      batch = sharding.shard_batch(batch, mesh)
       key = jax.random.fold_in(noise_key, epoch * steps_per_epoch + i)
       state, metrics = train_step_jit(
         state, batch, key, tau, k=config.k, num_samples=config.num_samples, hard=config.hard
@@ -352,6 +382,7 @@ def train_and_evaluate(
       k=config.k,
       num_classes=splits.num_classes,
       batch_size=config.eval_batch_size,
+      mesh=mesh,
     )
     eval_time = time.perf_counter() - t_eval
     improved = val_acc > best_acc
@@ -388,7 +419,7 @@ def train_and_evaluate(
       f"eval {eval_time:.1f}s"
     )
 
-  best_state, _ = _restore(state, workdir / BEST)
+  best_state = sharding.replicate(_restore(state, workdir / BEST)[0], mesh)
   test_acc = evaluate(
     best_state,
     splits.train_images,
@@ -398,6 +429,7 @@ def train_and_evaluate(
     k=config.k,
     num_classes=splits.num_classes,
     batch_size=config.eval_batch_size,
+    mesh=mesh,
   )
   summary = {
     "final": True,

@@ -6,9 +6,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from subsets_jax._src import dknn, validation
+from subsets_jax._src import dknn, sharding, validation
 
 
 def _vote(neighbor_classes: jax.Array, num_classes: int) -> jax.Array:
@@ -22,7 +23,7 @@ def _vote(neighbor_classes: jax.Array, num_classes: int) -> jax.Array:
   return jnp.argmax(counts * (k + 1) - first, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk_size", "mesh"))
 def knn_predict(
   query_emb: ArrayLike,
   neighbor_emb: ArrayLike,
@@ -31,6 +32,7 @@ def knn_predict(
   k: int,
   num_classes: int,
   chunk_size: int = 512,
+  mesh: Mesh | None = None,
 ) -> jax.Array:
   """Classifies queries by majority vote among their `k` nearest neighbours.
 
@@ -42,6 +44,12 @@ def knn_predict(
   neighbour index counts as nearer (the order of `lax.top_k`); among classes
   with equal vote counts, the class whose member is nearest wins.
 
+  With a `mesh`, the neighbour bank is split across the mesh's "data" axis
+  (`shard_map`): each device finds the k nearest of its shard, the D x k
+  candidates are all-gathered in device order and merged by a second `top_k`,
+  which is exact and keeps the tie rules (a bank far larger than one device's
+  memory works; queries are replicated).
+
   Args:
     query_emb: `[Q, p]`.
     neighbor_emb: `[N, p]`, `N >= k`.
@@ -49,6 +57,7 @@ def knn_predict(
     k: neighbours per vote (static).
     num_classes: number of classes (static).
     chunk_size: queries per chunk (static).
+    mesh: optional 1-D device mesh with axis "data" to shard the bank over.
 
   Returns:
     int32 `[Q]` predicted classes.
@@ -75,5 +84,47 @@ def knn_predict(
     _, nearest = jax.lax.top_k(-dknn.pairwise_sq_distances(chunk, neighbor_emb), k)
     return _vote(labels[nearest], num_classes)
 
-  predictions = jax.lax.map(classify, padded.reshape(num_chunks, chunk_size, -1))
+  chunks = padded.reshape(num_chunks, chunk_size, -1)
+  if mesh is None:
+    predictions = jax.lax.map(classify, chunks)
+  else:
+    predictions = _sharded_predictions(chunks, neighbor_emb, labels, k, num_classes, mesh)
   return predictions.reshape(-1)[:num_queries]
+
+
+def _sharded_predictions(chunks, bank, labels, k, num_classes, mesh):
+  axis = sharding.DATA_AXIS
+  devices = mesh.shape[axis]
+  bank = jnp.asarray(bank)
+  num = bank.shape[0]
+  per_device = -(-num // devices)
+  pad = per_device * devices - num
+  bank = jnp.pad(bank, ((0, pad), (0, 0)))
+  labels = jnp.pad(labels, (0, pad))
+  valid = jnp.arange(per_device * devices) < num
+  local_k = min(k, per_device)
+
+  def local(chunks, bank, labels, valid):
+    def classify(chunk):
+      scores = -dknn.pairwise_sq_distances(chunk, bank)
+      scores = jnp.where(valid[None, :], scores, -jnp.inf)  # padding never wins
+      values, nearest = jax.lax.top_k(scores, local_k)
+      # Device order = global index order, so top_k's lower-position-first tie rule holds.
+      values = jax.lax.all_gather(values, axis, axis=1, tiled=True)
+      classes = jax.lax.all_gather(labels[nearest], axis, axis=1, tiled=True)
+      _, best = jax.lax.top_k(values, k)
+      return _vote(jnp.take_along_axis(classes, best, axis=1), num_classes)
+
+    return jax.lax.map(classify, chunks)
+
+  spec = PartitionSpec(axis)
+  split = NamedSharding(mesh, spec)
+  bank, labels, valid = (jax.lax.with_sharding_constraint(x, split) for x in (bank, labels, valid))
+  chunks = jax.lax.with_sharding_constraint(chunks, NamedSharding(mesh, PartitionSpec()))
+  return jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(PartitionSpec(), spec, spec, spec),
+    out_specs=PartitionSpec(),
+    check_vma=False,
+  )(chunks, bank, labels, valid)

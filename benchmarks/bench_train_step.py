@@ -1,0 +1,123 @@
+"""Train-step benchmark: the jitted dKNN train_step vs the seed's PyTorch step; evaluation time.
+
+  python benchmarks/bench_train_step.py [--steps 30] [--no_torch] [--out results.json]
+
+Both steps: 100 queries + 100 candidate neighbours (MNIST-sized images), the reference
+ConvNet, k = 9, tau = 1, SGD momentum 0.9, weight decay 5e-4. Prints images/s and ratios,
+then times the evaluation (embed 55,000 training images, kNN-classify 10,000 queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from subsets_jax import dknn_training as training
+
+
+def time_steps(step, steps: int, warmup: int = 3) -> float:
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--steps", type=int, default=30)
+  p.add_argument("--no_torch", action="store_true")
+  p.add_argument("--skip_eval", action="store_true")
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+  rng = np.random.default_rng(0)
+  images = rng.random((200, 28, 28, 1), dtype=np.float32)
+  labels = rng.integers(0, 10, 200).astype(np.int32)
+  batch = {
+    "query_images": images[:100],
+    "query_labels": labels[:100],
+    "neighbor_images": images[100:],
+    "neighbor_labels": labels[100:],
+  }
+  results = {
+    "machine": f"{platform.node()} {platform.processor()} ({jax.devices()[0]})",
+    "date": time.strftime("%Y-%m-%d"),
+    "jax": jax.__version__,
+  }
+  config = training.TrainConfig()
+  for num_samples in (1, 5):
+    state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550)
+    holder = {"state": state, "i": 0}
+
+    def jax_step(num_samples=num_samples, holder=holder):
+      holder["i"] += 1
+      holder["state"], metrics = training.train_step_jit(
+        holder["state"],
+        batch,
+        jax.random.key(holder["i"]),
+        jnp.float32(1.0),
+        k=9,
+        num_samples=num_samples,
+      )
+      jax.block_until_ready(metrics)
+
+    results[f"jax_step_s_samples{num_samples}"] = time_steps(jax_step, args.steps)
+  if not args.no_torch:
+    import torch
+
+    from benchmarks import torch_reference
+
+    torch.manual_seed(0)
+    tx = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    ty = torch.from_numpy(labels.astype(np.int64))
+    for num_samples in (1, 5):
+      step = torch_reference.make_train_step()
+      results[f"torch_step_s_samples{num_samples}"] = time_steps(
+        lambda step=step, s=num_samples: step(tx[:100], ty[:100], tx[100:], ty[100:], s),
+        args.steps,
+      )
+  print(f"device {jax.devices()[0]}; 200 images per step")
+  for s in (1, 5):
+    line = f"num_samples={s}: jax {results[f'jax_step_s_samples{s}'] * 1e3:.1f} ms"
+    line += f" ({200 / results[f'jax_step_s_samples{s}']:.0f} img/s)"
+    if f"torch_step_s_samples{s}" in results:
+      t = results[f"torch_step_s_samples{s}"]
+      ratio = results[f"jax_step_s_samples{s}"] / t
+      results[f"ratio_jax_over_torch_samples{s}"] = ratio
+      line += f"; torch {t * 1e3:.1f} ms ({200 / t:.0f} img/s); jax/torch time {ratio:.2f}"
+    print(line)
+  results["samples5_over_samples1"] = (
+    results["jax_step_s_samples5"] / results["jax_step_s_samples1"]
+  )
+  print(f"jax: num_samples=5 costs {results['samples5_over_samples1']:.2f}x num_samples=1")
+  if not args.skip_eval:
+    bank = rng.random((55000, 28, 28, 1), dtype=np.float32)
+    bank_labels = rng.integers(0, 10, 55000).astype(np.int32)
+    queries = rng.random((10000, 28, 28, 1), dtype=np.float32)
+    query_labels = rng.integers(0, 10, 10000).astype(np.int32)
+    state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550)
+    run = lambda: training.evaluate(
+      state, bank, bank_labels, queries, query_labels, k=9, num_classes=10
+    )
+    run()  # compile
+    t = time.perf_counter()
+    run()
+    results["eval_s"] = time.perf_counter() - t
+    print(f"evaluation: embed 55,000 + classify 10,000 by 9-NN: {results['eval_s']:.2f} s")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,51 @@
+"""Placing batches and states on a 1-D data-parallel device mesh (single or multi-host)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def data_mesh(num_devices: int | None = None, *, divides: tuple[int, ...] = ()) -> Mesh:
+  """A 1-D mesh over `num_devices` devices (default: the most devices dividing `divides`).
+
+  Args:
+    num_devices: devices to use; None picks the largest count <= jax.device_count()
+      that divides every size in `divides` (e.g. the per-step batch sizes).
+    divides: batch sizes the mesh must split evenly.
+  """
+  available = jax.device_count()
+  if num_devices is None:
+    num_devices = max(d for d in range(1, available + 1) if all(size % d == 0 for size in divides))
+  if not 1 <= num_devices <= available:
+    raise ValueError(f"num_devices must be in [1, {available}]; got {num_devices}.")
+  for size in divides:
+    if size % num_devices:
+      raise ValueError(f"batch size {size} is not divisible by num_devices={num_devices}.")
+  # Auto axes: XLA propagates shardings through the unchanged, unannotated train_step.
+  return jax.make_mesh(
+    (num_devices,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:num_devices]
+  )
+
+
+def replicate(tree, mesh: Mesh):
+  """Copies every leaf of `tree` to every device of `mesh`."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_batch(tree, mesh: Mesh):
+  """Splits the leading axis of every NumPy leaf over the mesh's data axis.
+
+  Every process passes the same global arrays; each contributes the shards it holds
+  (`jax.make_array_from_callback`), so this works across hosts too.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree_util.tree_map(place, tree)

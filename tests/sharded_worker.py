@@ -1,0 +1,67 @@
+"""Run in a subprocess with 4 simulated CPU devices (see test_sharding.py); prints JSON."""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import subsets_jax as sj
+from subsets_jax import dknn_training as training
+from subsets_jax._src import sharding
+
+
+def train_params(num_devices: int, steps: int = 3):
+  config = training.TrainConfig(num_queries=40, num_neighbors=40)
+  rng = np.random.default_rng(0)
+  images = rng.random((steps, 80, 12, 12, 1), dtype=np.float32)
+  labels = rng.integers(0, 4, (steps, 80)).astype(np.int32)
+  mesh = sharding.data_mesh(num_devices, divides=(40,))
+  state = training.create_train_state(jax.random.key(0), config, (12, 12, 1), 10)
+  state = sharding.replicate(state, mesh)
+  for i in range(steps):
+    batch = {
+      "query_images": images[i, :40],
+      "query_labels": labels[i, :40],
+      "neighbor_images": images[i, 40:],
+      "neighbor_labels": labels[i, 40:],
+    }
+    batch = sharding.shard_batch(batch, mesh)
+    state, _ = training.train_step_jit(
+      state, batch, jax.random.key(i), jnp.float32(1.0), k=5, num_samples=2
+    )
+  leaf = jax.tree_util.tree_leaves(state.params)[0]
+  return [np.asarray(x).tolist() for x in jax.tree_util.tree_leaves(state.params)], len(
+    leaf.sharding.device_set
+  )
+
+
+def knn_results():
+  rng = np.random.default_rng(1)
+  bank = rng.normal(size=(2003, 24)).astype(np.float32)
+  labels = rng.integers(0, 7, 2003).astype(np.int32)
+  queries = rng.normal(size=(517, 24)).astype(np.float32)
+  plain = sj.knn_predict(queries, bank, labels, k=9, num_classes=7, chunk_size=128)
+  sharded = sj.knn_predict(
+    queries, bank, labels, k=9, num_classes=7, chunk_size=128, mesh=sharding.data_mesh(4)
+  )
+  return np.asarray(plain).tolist(), np.asarray(sharded).tolist()
+
+
+if __name__ == "__main__":
+  one, devices_one = train_params(1)
+  four, devices_four = train_params(4)
+  plain, sharded = knn_results()
+  json.dump(
+    {
+      "device_count": jax.device_count(),
+      "params_1": one,
+      "params_4": four,
+      "devices_1": devices_one,
+      "devices_4": devices_four,
+      "knn_plain": plain,
+      "knn_sharded": sharded,
+    },
+    sys.stdout,
+  )
