@@ -66,11 +66,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     help="stop training after this many minutes (0: no limit), then evaluate",
   )
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  p.add_argument(
+    "--multihost",
+    action="store_true",
+    help="call jax.distributed.initialize() first (auto-detected on SLURM/TPU/GKE, else give "
+    "the three flags below)",
+  )
+  p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
   return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.multihost:
+    import jax
+
+    jax.distributed.initialize(
+      coordinator_address=args.coordinator_address,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+    )
   config = TrainConfig(
     dataset=args.dataset,
     data_dir=args.data_dir,

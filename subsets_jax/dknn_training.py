@@ -248,8 +248,9 @@ def _checkpoint(state, **extra) -> dict[str, Any]:
   return {"state": flax.serialization.to_state_dict(state), **extra}
 
 
-def _restore(state, path: pathlib.Path):
-  payload = flax.serialization.msgpack_restore(path.read_bytes())
+def restore_checkpoint(state, path: pathlib.Path):
+  """Loads a checkpoint written by `train_and_evaluate` into `state`; returns (state, payload)."""
+  payload = flax.serialization.msgpackrestore_checkpoint(path.read_bytes())
   return flax.serialization.from_state_dict(state, payload["state"]), payload
 
 
@@ -320,7 +321,7 @@ def train_and_evaluate(
   noise_key = jax.random.fold_in(root, 1)
   epoch, step_in_epoch, best_acc, best_epoch, train_time = 0, 0, -1.0, -1, 0.0
   if resume and (workdir / LATEST).exists():
-    state, payload = _restore(state, workdir / LATEST)
+    state, payload = restore_checkpoint(state, workdir / LATEST)
     epoch, step_in_epoch = int(payload["epoch"]), int(payload["step_in_epoch"])
     best_acc, best_epoch = float(payload["best_acc"]), int(payload["best_epoch"])
     train_time = float(payload["train_time"])
@@ -419,7 +420,7 @@ def train_and_evaluate(
       f"eval {eval_time:.1f}s"
     )
 
-  best_state = sharding.replicate(_restore(state, workdir / BEST)[0], mesh)
+  best_state = sharding.replicate(restore_checkpoint(state, workdir / BEST)[0], mesh)
   test_acc = evaluate(
     best_state,
     splits.train_images,

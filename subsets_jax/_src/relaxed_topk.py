@@ -16,51 +16,46 @@ from subsets_jax._src import gumbel, validation
 _OTHERS_FLOOR = {jnp.dtype(jnp.float32): 1e-28, jnp.dtype(jnp.float64): 1e-280}
 
 
-def _step(b: jax.Array, alive: jax.Array, tau: jax.Array):
+def _step(b: jax.Array, tau: jax.Array):
   """One step in scaled units `b = a / tau`: p = softmax(b), b <- b + log(1 - p) / tau.
 
-  Returns `(b_next, p, alive_next)`.
+  Excluded items are `b = -inf` and stay so. Returns `(b_next, p)`.
   """
   neg_inf = jnp.array(-jnp.inf, b.dtype)
-  m = jnp.max(jnp.where(alive, b, neg_inf), axis=-1, keepdims=True)
+  m = jnp.max(b, axis=-1, keepdims=True)
   m_safe = jnp.where(jnp.isfinite(m), m, 0)
-  # Dead items enter exp as -inf so that neither value nor gradient can overflow.
-  e = jnp.exp(jnp.where(alive, b - m_safe, neg_inf))
+  e = jnp.exp(b - m_safe)
   s = jnp.sum(e, axis=-1, keepdims=True)
   s_safe = jnp.where(s > 0, s, 1)
   p = e / s_safe
-
-  top = jnp.argmax(jnp.where(alive, b, neg_inf), axis=-1, keepdims=True)
-  is_top = jax.lax.broadcasted_iota(top.dtype, b.shape, b.ndim - 1) == top
-  # log(1 - p_top) = log(sum of the other weights) - log(total weight): no cancellation,
-  # unlike log1p(-p_top) when p_top is close to 1.
-  others = jnp.sum(jnp.where(is_top, 0, e), axis=-1, keepdims=True)
-  runner_up = jnp.max(jnp.where(is_top | ~alive, neg_inf, b), axis=-1, keepdims=True)
-  has_others = jnp.isfinite(runner_up)
+  # Only a unique maximum can have p > 1/2, and there log1p(-p) would cancel: use
+  # log(1 - p_top) = log(sum of the other weights) - log(total weight) instead. (An
+  # argmax would single out the top item too, but is several times slower on CPU.)
+  is_max = b == m
+  others = jnp.sum(jnp.where(is_max, 0, e), axis=-1, keepdims=True)
+  runner_up = jnp.max(jnp.where(is_max, neg_inf, b), axis=-1, keepdims=True)
   use_log = others > _OTHERS_FLOOR[jnp.dtype(b.dtype)]
   log_others = jnp.where(
     use_log,
     jnp.log(jnp.where(use_log, others, 1)),
-    jnp.where(has_others, runner_up, m_safe) - m_safe,
+    # Others below the floor: the log-gap to the runner-up; no other finite item: 0, so a
+    # lone finite item keeps receiving the mass rather than turning into NaN.
+    jnp.where(jnp.isfinite(runner_up), runner_up - m_safe, 0),
   )
-  log1m_top = log_others - jnp.log(s_safe)
-  # Non-top items have p <= 1/2, where log1p(-p) is accurate.
-  log1m_p = jnp.where(is_top, log1m_top, jnp.log1p(-jnp.where(is_top, 0, p)))
-  b_next = b + log1m_p / tau
-  # With no other item left, the top item is used up: it takes no further mass.
-  alive_next = alive & ~(is_top & ~has_others)
-  return b_next, p, alive_next
+  dominant = p > 0.5
+  log1m_p = jnp.where(dominant, log_others - jnp.log(s_safe), jnp.log1p(-jnp.where(dominant, 0, p)))
+  return b + log1m_p / tau, p
 
 
-def _recursion_scan(b0, alive0, tau, k):
+def _recursion_scan(b0, tau, k):
   """Sum of the k softmaxes; plain `lax.scan`, differentiable in every mode."""
 
   def body(carry, _):
-    b, total, alive = carry
-    b, p, alive = _step(b, alive, tau)
-    return (b, total + p, alive), None
+    b, total = carry
+    b, p = _step(b, tau)
+    return (b, total + p), None
 
-  (_, total, _), _ = jax.lax.scan(body, (b0, jnp.zeros_like(b0), alive0), None, length=k)
+  (_, total), _ = jax.lax.scan(body, (b0, jnp.zeros_like(b0)), None, length=k)
   return total
 
 
@@ -74,48 +69,44 @@ def _segments(k: int) -> tuple[int, int]:
   return length, -(-k // length)
 
 
-def _recursion_fwd(b0, alive0, tau, k):
+def _recursion_fwd(b0, tau, k):
   length, count = _segments(k)
   ragged = length * count != k
 
   def segment(carry, seg):
-    checkpoint = (carry[0], carry[2])
+    checkpoint = carry[0]
 
     def inner(carry, offset):
-      b, total, alive = carry
-      b_next, p, alive_next = _step(b, alive, tau)
+      b, total = carry
+      b_next, p = _step(b, tau)
       if ragged:  # steps past k in the last segment leave the state untouched
         active = seg * length + offset < k
         b_next = jnp.where(active, b_next, b)
         p = jnp.where(active, p, 0)
-        alive_next = jnp.where(active, alive_next, alive)
-      return (b_next, total + p, alive_next), None
+      return (b_next, total + p), None
 
     carry, _ = jax.lax.scan(inner, carry, jnp.arange(length))
     return carry, checkpoint
 
-  init = (b0, jnp.zeros_like(b0), alive0)
-  (_, total, _), checkpoints = jax.lax.scan(segment, init, jnp.arange(count))
+  (_, total), checkpoints = jax.lax.scan(segment, (b0, jnp.zeros_like(b0)), jnp.arange(count))
   return total, (checkpoints, tau)
 
 
 def _recursion_bwd(k, residuals, total_bar):
-  (b_saved, alive_saved), tau = residuals
+  b_saved, tau = residuals
   length, count = _segments(k)
 
-  def advance(_, state):
-    b, alive = state
-    b_next, _, alive_next = _step(b, alive, tau)
-    return b_next, alive_next
+  def advance(_, b):
+    return _step(b, tau)[0]
 
   def segment(carry, xs):
-    b_start, alive_start, seg = xs
+    b_start, seg = xs
 
     def inner(carry, offset):
       b_bar, tau_bar = carry
       # Recompute the state `offset` steps into the segment: O(L^2) time, O(1) states.
-      b, alive = jax.lax.fori_loop(0, offset, advance, (b_start, alive_start))
-      _, step_vjp = jax.vjp(lambda b_, t_: _step(b_, alive, t_)[:2], b, tau)
+      b = jax.lax.fori_loop(0, offset, advance, b_start) if length > 1 else b_start
+      _, step_vjp = jax.vjp(_step, b, tau)
       b_bar_prev, tau_bar_step = step_vjp((b_bar, total_bar))
       active = seg * length + offset < k
       return (
@@ -127,16 +118,14 @@ def _recursion_bwd(k, residuals, total_bar):
     return carry, None
 
   init = (jnp.zeros_like(total_bar), jnp.zeros_like(tau))
-  (b0_bar, tau_bar), _ = jax.lax.scan(
-    segment, init, (b_saved, alive_saved, jnp.arange(count)), reverse=True
-  )
-  return b0_bar, None, tau_bar
+  (b0_bar, tau_bar), _ = jax.lax.scan(segment, init, (b_saved, jnp.arange(count)), reverse=True)
+  return b0_bar, tau_bar
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _recursion_recompute(b0, alive0, tau, k):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _recursion_recompute(b0, tau, k):
   """Same value as `_recursion_scan`; its VJP keeps O(n) state per row for any k."""
-  return _recursion_scan(b0, alive0, tau, k)
+  return _recursion_scan(b0, tau, k)
 
 
 _recursion_recompute.defvjp(_recursion_fwd, _recursion_bwd)
@@ -152,10 +141,11 @@ def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array, vjp: str) -> jax.
   # The relaxation is invariant to a per-row shift; shifting by the maximum before
   # dividing by tau keeps exp in range at any score scale.
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
-  b = jnp.where(alive, scores - row_max, 0) / tau
+  # Divide finite values only: -inf / tau would give NaN in the gradient w.r.t. tau.
+  b = jnp.where(alive, (jnp.where(alive, scores, 0) - row_max) / tau, neg_inf)
   if vjp == "recompute":
-    return _recursion_recompute(b, alive, tau, k)
-  return _recursion_scan(b, alive, tau, k)
+    return _recursion_recompute(b, tau, k)
+  return _recursion_scan(b, tau, k)
 
 
 def _prepare(scores, k, tau, vjp):
@@ -211,8 +201,8 @@ def soft_topk(
 
   Excluded items: `-inf` scores get exactly zero mass. Concrete scores with
   fewer than `k` finite entries in a row are rejected; under `jit` such a row
-  recycles its mass over its finite entries (a single finite entry gets 1,
-  a row with none gets zeros).
+  recycles its mass over its finite entries (it still sums to k; a single finite
+  entry gets k; a row with none gets zeros).
 
   Args:
     scores: `[..., n]` real floating scores; leading axes are batch axes.
