@@ -1,0 +1,41 @@
+"""ConvNet: same function as the reference layers (lax convolutions, reduce_window pooling)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import subsets_jax as sj
+
+
+def reference_forward(params, images, padding):
+  def conv(x, layer):
+    y = jax.lax.conv_general_dilated(
+      x,
+      layer["kernel"],
+      (1, 1),
+      padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST,
+    )
+    return y + layer["bias"].reshape(1, 1, 1, -1)
+
+  def pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+  x = pool(jax.nn.relu(conv(images, params["PatchConv_0"])))
+  x = pool(jax.nn.relu(conv(x, params["Conv_0"])))
+  dense = params["Dense_0"]
+  return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense["kernel"] + dense["bias"][None, :])
+
+
+@pytest.mark.parametrize(
+  "shape,padding", [((3, 28, 28, 1), "VALID"), ((5, 8, 8, 1), "SAME"), ((2, 13, 13, 3), "SAME")]
+)
+def test_matches_reference_layers(shape, padding, key):
+  net = sj.ConvNet(padding=padding)
+  images = jax.random.uniform(key, shape)
+  params = net.init(jax.random.key(1), images)["params"]
+  ours = net.apply({"params": params}, images)
+  assert ours.shape == (shape[0], 500)
+  np.testing.assert_allclose(ours, reference_forward(params, images, padding), atol=2e-5, rtol=1e-4)
