@@ -250,7 +250,7 @@ def _checkpoint(state, **extra) -> dict[str, Any]:
 
 def restore_checkpoint(state, path: pathlib.Path):
   """Loads a checkpoint written by `train_and_evaluate` into `state`; returns (state, payload)."""
-  payload = flax.serialization.msgpackrestore_checkpoint(path.read_bytes())
+  payload = flax.serialization.msgpack_restore(path.read_bytes())
   return flax.serialization.from_state_dict(state, payload["state"]), payload
 
 
