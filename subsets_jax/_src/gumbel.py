@@ -14,7 +14,21 @@ def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
   """The Gumbel noise that every sampler here adds to `scores` for `key`.
 
   Exactly `jax.random.gumbel(key, scores.shape, dtype)` with `dtype` float32, or
-  float64 for float64 scores, so that all functions agree for the same key.
+  float64 for float64 scores, so that all functions agree for the same key:
+  `gumbel_topk(key, s, k)` is `lax.top_k(s + gumbel_noise(key, s), k)[1]`.
+
+  Args:
+    key: a PRNG key.
+    scores: `[..., n]` array; only its shape and dtype are used.
+
+  Returns:
+    `[..., n]` standard Gumbel noise, float32 (float64 for float64 scores).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> g = gumbel_noise(jax.random.key(0), jnp.zeros((2, 3), jnp.bfloat16))
+    >>> g.shape, g.dtype
+    ((2, 3), dtype('float32'))
   """
   dtype = validation.compute_dtype(scores.dtype)
   return jax.random.gumbel(key, scores.shape, dtype)
