@@ -31,20 +31,12 @@ def main() -> None:
   )
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
+  from benchmarks.common import synthetic_batch
   from subsets_jax import dknn_training as training
   from subsets_jax._src import sharding
 
-  rng = np.random.default_rng(0)
-  images = rng.random((200, 28, 28, 1), dtype=np.float32)
-  labels = rng.integers(0, 10, 200).astype(np.int32)
-  host_batch = {
-    "query_images": images[:100],
-    "query_labels": labels[:100],
-    "neighbor_images": images[100:],
-    "neighbor_labels": labels[100:],
-  }
+  host_batch = synthetic_batch()
   results = {
     "date": time.strftime("%Y-%m-%d"),
     "platform": jax.devices()[0].platform,

@@ -12,25 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import median_time, synthetic_batch
 from subsets_jax import dknn_training as training
-
-
-def time_steps(step, steps: int, warmup: int = 3) -> float:
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def main() -> None:
@@ -41,14 +30,7 @@ def main() -> None:
   p.add_argument("--out", default=None)
   args = p.parse_args()
   rng = np.random.default_rng(0)
-  images = rng.random((200, 28, 28, 1), dtype=np.float32)
-  labels = rng.integers(0, 10, 200).astype(np.int32)
-  batch = {
-    "query_images": images[:100],
-    "query_labels": labels[:100],
-    "neighbor_images": images[100:],
-    "neighbor_labels": labels[100:],
-  }
+  batch = synthetic_batch()
   results = {
     "machine": f"{platform.node()} {platform.processor()} ({jax.devices()[0]})",
     "date": time.strftime("%Y-%m-%d"),
@@ -71,20 +53,25 @@ def main() -> None:
       )
       jax.block_until_ready(metrics)
 
-    results[f"jax_step_s_samples{num_samples}"] = time_steps(jax_step, args.steps)
+    results[f"jax_step_s_samples{num_samples}"] = median_time(jax_step, args.steps, warmup=3)
   if not args.no_torch:
     import torch
 
     from benchmarks import torch_reference
 
     torch.manual_seed(0)
-    tx = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    ty = torch.from_numpy(labels.astype(np.int64))
+    # The same images and labels, NCHW for PyTorch.
+    qx, nx = (
+      torch.from_numpy(batch[f"{n}_images"].transpose(0, 3, 1, 2).copy())
+      for n in ("query", "neighbor")
+    )
+    qy, ny = (
+      torch.from_numpy(batch[f"{n}_labels"].astype(np.int64)) for n in ("query", "neighbor")
+    )
     for num_samples in (1, 5):
       step = torch_reference.make_train_step()
-      results[f"torch_step_s_samples{num_samples}"] = time_steps(
-        lambda step=step, s=num_samples: step(tx[:100], ty[:100], tx[100:], ty[100:], s),
-        args.steps,
+      results[f"torch_step_s_samples{num_samples}"] = median_time(
+        lambda step=step, s=num_samples: step(qx, qy, nx, ny, s), args.steps, warmup=3
       )
   print(f"device {jax.devices()[0]}; 200 images per step")
   for s in (1, 5):

@@ -339,6 +339,21 @@ def train_and_evaluate(
   )
   log(f"devices: {mesh.size} x {mesh.devices.flat[0].platform} (data parallel)")
   state = sharding.replicate(state, mesh)
+
+  def knn_accuracy(state, images, labels):
+    """The training split is the neighbour bank, as in the reference."""
+    return evaluate(
+      state,
+      splits.train_images,
+      splits.train_labels,
+      images,
+      labels,
+      k=config.k,
+      num_classes=splits.num_classes,
+      batch_size=config.eval_batch_size,
+      mesh=mesh,
+    )
+
   tau = jnp.float32(config.tau)
   out_of_time = False
   while epoch < config.num_epochs and not out_of_time:
@@ -374,17 +389,7 @@ def train_and_evaluate(
     if step_in_epoch >= steps_per_epoch:
       epoch, step_in_epoch = epoch + 1, 0
     t_eval = time.perf_counter()
-    val_acc = evaluate(
-      state,
-      splits.train_images,
-      splits.train_labels,
-      splits.val_images,
-      splits.val_labels,
-      k=config.k,
-      num_classes=splits.num_classes,
-      batch_size=config.eval_batch_size,
-      mesh=mesh,
-    )
+    val_acc = knn_accuracy(state, splits.val_images, splits.val_labels)
     eval_time = time.perf_counter() - t_eval
     improved = val_acc > best_acc
     if improved:
@@ -421,17 +426,7 @@ def train_and_evaluate(
     )
 
   best_state = sharding.replicate(restore_checkpoint(state, workdir / BEST)[0], mesh)
-  test_acc = evaluate(
-    best_state,
-    splits.train_images,
-    splits.train_labels,
-    splits.test_images,
-    splits.test_labels,
-    k=config.k,
-    num_classes=splits.num_classes,
-    batch_size=config.eval_batch_size,
-    mesh=mesh,
-  )
+  test_acc = knn_accuracy(best_state, splits.test_images, splits.test_labels)
   summary = {
     "final": True,
     "dataset": config.dataset,
