@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 
 from benchmarks.common import median_time, synthetic_batch
 from subsets_jax import dknn_training as training
+from subsets_jax._src import sharding
 
 
 def main() -> None:
@@ -28,17 +30,30 @@ def main() -> None:
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   p.add_argument("--out", default=None)
+  p.add_argument(
+    "--host_devices",
+    type=int,
+    default=1,
+    help="split the CPU into this many JAX devices and run data-parallel",
+  )
   args = p.parse_args()
+  sharding.reexec_with_host_devices(
+    args.host_devices, ["-m", "benchmarks.bench_train_step", *sys.argv[1:]]
+  )
+  mesh = sharding.data_mesh(args.host_devices, divides=(100,))
   rng = np.random.default_rng(0)
-  batch = synthetic_batch()
+  host_batch = synthetic_batch()
+  batch = sharding.shard_batch(host_batch, mesh)
   results = {
     "machine": f"{platform.node()} {platform.processor()} ({jax.devices()[0]})",
     "date": time.strftime("%Y-%m-%d"),
     "jax": jax.__version__,
+    "jax_devices": mesh.size,
   }
   config = training.TrainConfig()
   for num_samples in (1, 5):
     state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550)
+    state = sharding.replicate(state, mesh)
     holder = {"state": state, "i": 0}
 
     def jax_step(num_samples=num_samples, holder=holder):
@@ -62,11 +77,11 @@ def main() -> None:
     torch.manual_seed(0)
     # The same images and labels, NCHW for PyTorch.
     qx, nx = (
-      torch.from_numpy(batch[f"{n}_images"].transpose(0, 3, 1, 2).copy())
+      torch.from_numpy(host_batch[f"{n}_images"].transpose(0, 3, 1, 2).copy())
       for n in ("query", "neighbor")
     )
     qy, ny = (
-      torch.from_numpy(batch[f"{n}_labels"].astype(np.int64)) for n in ("query", "neighbor")
+      torch.from_numpy(host_batch[f"{n}_labels"].astype(np.int64)) for n in ("query", "neighbor")
     )
     for num_samples in (1, 5):
       step = torch_reference.make_train_step()
@@ -92,9 +107,11 @@ def main() -> None:
     bank_labels = rng.integers(0, 10, 55000).astype(np.int32)
     queries = rng.random((10000, 28, 28, 1), dtype=np.float32)
     query_labels = rng.integers(0, 10, 10000).astype(np.int32)
-    state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550)
+    state = sharding.replicate(
+      training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550), mesh
+    )
     run = lambda: training.evaluate(
-      state, bank, bank_labels, queries, query_labels, k=9, num_classes=10
+      state, bank, bank_labels, queries, query_labels, k=9, num_classes=10, mesh=mesh
     )
     run()  # compile
     t = time.perf_counter()

@@ -81,11 +81,15 @@ def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_
   assert (workdir / training.BEST).exists() and (workdir / training.LATEST).exists()
   first = _records(workdir)
   assert first[-1]["final"] and first[-1]["test_accuracy"] > 0.5
+  # Resume on 2 host devices: the script restarts itself with XLA_FLAGS and trains data-parallel.
   run = subprocess.run(
-    [*base, "--epochs", "2", "--resume"], capture_output=True, text=True, timeout=600
+    [*base, "--epochs", "2", "--resume", "--host_devices", "2"],
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert run.returncode == 0, run.stderr
-  assert "resumed from" in run.stdout
+  assert "resumed from" in run.stdout and "devices: 2 x cpu" in run.stdout
   epochs = [r["epoch"] for r in _records(workdir) if "epoch" in r]
   assert epochs == [1, 2]
 

@@ -49,3 +49,25 @@ def shard_batch(tree, mesh: Mesh):
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree_util.tree_map(place, tree)
+
+
+def host_device_flag(count: int) -> str:
+  """The XLA flag that splits the host CPU into `count` JAX devices."""
+  return f"--xla_force_host_platform_device_count={count}"
+
+
+def reexec_with_host_devices(count: int, argv: list[str]) -> None:
+  """Restarts this process with `count` CPU devices, unless it already has them.
+
+  XLA reads the flag once, when the backend starts, so a script that wants several CPU
+  devices (data parallelism across cores) restarts itself with `XLA_FLAGS` set. Returns
+  only when no restart is needed.
+  """
+  import os
+  import sys
+
+  flags = os.environ.get("XLA_FLAGS", "")
+  if count <= 1 or host_device_flag(count) in flags:
+    return
+  env = dict(os.environ, XLA_FLAGS=f"{flags} {host_device_flag(count)}".strip())
+  os.execve(sys.executable, [sys.executable, *argv], env)
