@@ -239,6 +239,8 @@ def epoch_batches(num_train: int, config: TrainConfig, epoch: int):
 
 
 def _save(path: pathlib.Path, payload: dict[str, Any]) -> None:
+  if jax.process_index() != 0:  # multi-host: one writer; every process holds the same state
+    return
   tmp = path.with_suffix(".tmp")
   tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
   tmp.replace(path)  # atomic: an interrupted write never corrupts the checkpoint
@@ -326,12 +328,13 @@ def train_and_evaluate(
     best_acc, best_epoch = float(payload["best_acc"]), int(payload["best_epoch"])
     train_time = float(payload["train_time"])
     log(f"resumed from {workdir / LATEST}: epoch {epoch}, step {step_in_epoch}")
-  elif not resume:
+  elif not resume and jax.process_index() == 0:
     (workdir / METRICS).unlink(missing_ok=True)
 
   def record(entry):
-    with open(workdir / METRICS, "a") as f:
-      f.write(json.dumps(entry) + "\n")
+    if jax.process_index() == 0:
+      with open(workdir / METRICS, "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
   # Data parallel: parameters replicated, each step's queries and neighbours split.
   mesh = sharding.data_mesh(
@@ -355,6 +358,7 @@ def train_and_evaluate(
     )
 
   tau = jnp.float32(config.tau)
+  best_state = None  # kept in memory too: on multi-host only process 0 writes checkpoints
   out_of_time = False
   while epoch < config.num_epochs and not out_of_time:
     losses, correctness = [], []
@@ -394,6 +398,8 @@ def train_and_evaluate(
     improved = val_acc > best_acc
     if improved:
       best_acc, best_epoch = val_acc, epoch
+      # A copy: train_step donates the state's buffers.
+      best_state = jax.tree_util.tree_map(jnp.copy, state)
       _save(workdir / BEST, _checkpoint(state, epoch=epoch, val_accuracy=val_acc))
     _save(
       workdir / LATEST,
@@ -425,7 +431,8 @@ def train_and_evaluate(
       f"eval {eval_time:.1f}s"
     )
 
-  best_state = sharding.replicate(restore_checkpoint(state, workdir / BEST)[0], mesh)
+  if best_state is None:  # the best epoch predates this (resumed) process
+    best_state = sharding.replicate(restore_checkpoint(state, workdir / BEST)[0], mesh)
   test_acc = knn_accuracy(best_state, splits.test_images, splits.test_labels)
   summary = {
     "final": True,

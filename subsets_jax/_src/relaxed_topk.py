@@ -184,8 +184,8 @@ def soft_topk(
 
   Numerics: each row is shifted by its maximum before dividing by `tau`, so any
   score scale works. `log(1 - p)` is computed without clamping: `log1p(-p)` for
-  every item but the current top one (whose `p <= 1/2`), and for the top one
-  `log(sum of the other weights) - log(sum of all weights)`. When the other
+  every item with `p <= 1/2`, and for the one item that can have `p > 1/2` (a
+  unique maximum) `log(sum of the other weights) - log(sum of all weights)`. When the other
   weights sum to less than 1e-28 (float32; 1e-280 in float64) of the top one's,
   the log-gap to the runner-up stands in for `log(1 - p_top)` (a difference of
   at most log n, in a regime where the top item is already taken). The seed's
