@@ -226,12 +226,16 @@ def evaluate(
   return float(np.mean(np.asarray(pred) == query_labels))
 
 
+def epoch_length(num_train: int, config: TrainConfig) -> int:
+  """Steps in one pass over the training split (the larger of the two batches sets it)."""
+  return num_train // max(config.num_queries, config.num_neighbors)
+
+
 def epoch_batches(num_train: int, config: TrainConfig, epoch: int):
   """Query and neighbour index batches of one epoch: two independent shuffles."""
   rng = np.random.default_rng([config.seed, epoch])
   queries, neighbors = rng.permutation(num_train), rng.permutation(num_train)
-  steps = num_train // max(config.num_queries, config.num_neighbors)
-  for i in range(steps):
+  for i in range(epoch_length(num_train, config)):
     yield (
       queries[i * config.num_queries : (i + 1) * config.num_queries],
       neighbors[i * config.num_neighbors : (i + 1) * config.num_neighbors],
@@ -257,13 +261,13 @@ def restore_checkpoint(state, path: pathlib.Path):
 
 
 class _Progress:
-  """tqdm when available and wanted, else periodic plain lines."""
+  """A tqdm bar (steps/s and loss) when tqdm is installed and `enabled`; else silent.
+
+  The per-epoch summary lines are logged either way.
+  """
 
   def __init__(self, total: int, initial: int, desc: str, enabled: bool):
     self.bar = None
-    self.enabled = enabled
-    self.start = time.perf_counter()
-    self.count = 0
     if enabled:
       try:
         from tqdm.auto import tqdm
@@ -273,7 +277,6 @@ class _Progress:
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stdout)
 
   def update(self, metrics: dict[str, float]) -> None:
-    self.count += 1
     if self.bar is not None:
       self.bar.update(1)
       self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
@@ -308,7 +311,7 @@ def train_and_evaluate(
   data = datasets.load(config.dataset, data_dir=config.data_dir)
   splits = make_splits(data, config)
   num_train = len(splits.train_labels)
-  steps_per_epoch = num_train // max(config.num_queries, config.num_neighbors)
+  steps_per_epoch = epoch_length(num_train, config)
   if steps_per_epoch < 1:
     raise ValueError("the training split is smaller than one batch of queries/neighbours.")
   log(
