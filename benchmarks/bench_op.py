@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 
 import subsets_jax as sj
 from benchmarks.common import median_time
+from subsets_jax._src import sharding
 
 CASES = [(100, 100, 9), (100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
 TAU = 1.0
@@ -71,7 +73,15 @@ def main() -> None:
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--vjp", choices=("recompute", "autodiff"), default="recompute")
   p.add_argument("--out", default=None, help="write the results as JSON here")
+  p.add_argument(
+    "--host_devices",
+    type=int,
+    default=1,
+    help="split the CPU into this many JAX devices; rows are sharded across them",
+  )
   args = p.parse_args()
+  sharding.reexec_with_host_devices(args.host_devices, ["-m", "benchmarks.bench_op", *sys.argv[1:]])
+  mesh = sharding.data_mesh(args.host_devices, divides=tuple(b for b, _, _ in CASES))
   cases = CASES if args.cases == "all" else CASES[:2]
   torch = None
   if not args.no_torch:
@@ -99,7 +109,8 @@ def main() -> None:
   for b, n, k in cases:
     scores_np = rng.normal(size=(b, n)).astype(np.float32) * 2
     w_np = rng.normal(size=(b, n)).astype(np.float32)
-    scores, w, key = jnp.asarray(scores_np), jnp.asarray(w_np), jax.random.key(1)
+    scores, w = sharding.shard_batch((scores_np, w_np), mesh)
+    key = jax.random.key(1)
     fwd, fwd_bwd = jax_fns(k, args.vjp)
     t_fwd = median_time(lambda: fwd(key, scores).block_until_ready(), args.repeats)
     t_fb = median_time(lambda: jax.block_until_ready(fwd_bwd(scores, key, w)), args.repeats)
