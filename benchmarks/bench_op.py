@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 
 import jax
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import subsets_jax as sj
-from benchmarks.common import median_time
+from benchmarks.common import add_host_devices_flag, median_time, restart_with_host_devices
 from subsets_jax._src import sharding
 
 CASES = [(100, 100, 9), (100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
@@ -73,14 +72,9 @@ def main() -> None:
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--vjp", choices=("recompute", "autodiff"), default="recompute")
   p.add_argument("--out", default=None, help="write the results as JSON here")
-  p.add_argument(
-    "--host_devices",
-    type=int,
-    default=1,
-    help="split the CPU into this many JAX devices; rows are sharded across them",
-  )
+  add_host_devices_flag(p, "rows are sharded across them")
   args = p.parse_args()
-  sharding.reexec_with_host_devices(args.host_devices, ["-m", "benchmarks.bench_op", *sys.argv[1:]])
+  restart_with_host_devices(args.host_devices, "benchmarks.bench_op")
   mesh = sharding.data_mesh(args.host_devices, divides=tuple(b for b, _, _ in CASES))
   cases = CASES if args.cases == "all" else CASES[:2]
   torch = None

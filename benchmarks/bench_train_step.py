@@ -12,14 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import median_time, synthetic_batch
+from benchmarks.common import (
+  add_host_devices_flag,
+  median_time,
+  restart_with_host_devices,
+  synthetic_batch,
+)
 from subsets_jax import dknn_training as training
 from subsets_jax._src import sharding
 
@@ -30,16 +34,9 @@ def main() -> None:
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   p.add_argument("--out", default=None)
-  p.add_argument(
-    "--host_devices",
-    type=int,
-    default=1,
-    help="split the CPU into this many JAX devices and run data-parallel",
-  )
+  add_host_devices_flag(p, "the step runs data-parallel across them")
   args = p.parse_args()
-  sharding.reexec_with_host_devices(
-    args.host_devices, ["-m", "benchmarks.bench_train_step", *sys.argv[1:]]
-  )
+  restart_with_host_devices(args.host_devices, "benchmarks.bench_train_step")
   mesh = sharding.data_mesh(args.host_devices, divides=(100,))
   rng = np.random.default_rng(0)
   host_batch = synthetic_batch()

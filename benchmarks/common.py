@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
+
+from subsets_jax._src import sharding
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -31,3 +35,17 @@ def synthetic_batch(seed: int = 0, size: int = 100) -> dict[str, np.ndarray]:
     "neighbor_images": images[size:],
     "neighbor_labels": labels[size:],
   }
+
+
+def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
+  parser.add_argument(
+    "--host_devices",
+    type=int,
+    default=1,
+    help=f"split the CPU into this many JAX devices; {effect}",
+  )
+
+
+def restart_with_host_devices(count: int, module: str) -> None:
+  """Re-runs `python -m module <same args>` with `count` CPU devices unless already so."""
+  sharding.reexec_with_host_devices(count, ["-m", module, *sys.argv[1:]])

@@ -39,20 +39,11 @@ def test_continuous_embeddings(rng):
   np.testing.assert_array_equal(ours, brute_force_knn(queries, bank, labels, 5, 4))
 
 
-def test_rejects_bad_input():
-  with pytest.raises(ValueError, match="1 <= k"):
-    sj.knn_predict(
-      np.zeros((2, 3), np.float32),
-      np.zeros((4, 3), np.float32),
-      np.zeros(4, np.int32),
-      k=5,
-      num_classes=2,
-    )
-  with pytest.raises(TypeError, match="neighbor_labels"):
-    sj.knn_predict(
-      np.zeros((2, 3), np.float32),
-      np.zeros((4, 3), np.float32),
-      np.zeros(4, np.float32),
-      k=2,
-      num_classes=2,
-    )
+@pytest.mark.parametrize(
+  "k,label_dtype,error,match",
+  [(5, np.int32, ValueError, "1 <= k"), (2, np.float32, TypeError, "neighbor_labels")],
+)
+def test_rejects_bad_input(k, label_dtype, error, match):
+  bank = np.zeros((4, 3), np.float32)
+  with pytest.raises(error, match=match):
+    sj.knn_predict(bank[:2], bank, np.zeros(4, label_dtype), k=k, num_classes=2)

@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import pytest
 
+from subsets_jax._src import sharding
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def four_device_results():
   # The flag must be set before JAX starts, so it lives only in the child's environment.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=sharding.host_device_flag(4), JAX_PLATFORMS="cpu")
   run = subprocess.run(
     [sys.executable, "-m", "tests.sharded_worker"],
     cwd=REPO,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from subsets_jax._src import validation
@@ -104,11 +103,7 @@ def khot(indices: ArrayLike, n: int, *, dtype=jnp.float32) -> jax.Array:
   indices = jnp.asarray(indices)
   if indices.ndim < 1:
     raise ValueError("indices must have rank >= 1 (the k indices on the last axis).")
-  if validation.is_concrete(indices) and indices.size:
-    host = np.asarray(indices)
-    lo, hi = int(host.min()), int(host.max())
-    if lo < 0 or hi >= n:
-      raise ValueError(f"indices must lie in [0, n) = [0, {n}); got values in [{lo}, {hi}].")
+  validation.check_index_range(indices, n)
   batch = indices.shape[:-1]
   flat = indices.reshape(-1, indices.shape[-1])
   rows = jnp.arange(flat.shape[0])[:, None]

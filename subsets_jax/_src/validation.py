@@ -74,6 +74,15 @@ def check_tau(tau, *, name: str = "tau") -> None:
       raise ValueError(f"{name} must be finite and > 0; got {value}.")
 
 
+def check_index_range(indices: jax.Array, n: int, *, name: str = "indices") -> None:
+  """Concrete integer `indices` must lie in [0, n)."""
+  if is_concrete(indices) and indices.size:
+    host = np.asarray(indices)
+    lo, hi = int(host.min()), int(host.max())
+    if lo < 0 or hi >= n:
+      raise ValueError(f"{name} must lie in [0, n) = [0, {n}); got values in [{lo}, {hi}].")
+
+
 def check_indices(indices, scores: jax.Array, *, name: str = "indices") -> jax.Array:
   """Integer `[..., k]` with the scores' batch shape, distinct entries in [0, n)."""
   dtype = jnp.result_type(indices)
@@ -87,12 +96,9 @@ def check_indices(indices, scores: jax.Array, *, name: str = "indices") -> jax.A
       f"got {indices.shape}."
     )
   check_k(indices.shape[-1], n, name=f"{name}.shape[-1] (k)")
+  check_index_range(indices, n, name=name)
   if is_concrete(indices) and indices.size:
-    host = np.asarray(indices)
-    lo, hi = int(host.min()), int(host.max())
-    if lo < 0 or hi >= n:
-      raise ValueError(f"{name} must lie in [0, n) = [0, {n}); got values in [{lo}, {hi}].")
-    ordered = np.sort(host, axis=-1)
+    ordered = np.sort(np.asarray(indices), axis=-1)
     if (ordered[..., 1:] == ordered[..., :-1]).any():
       raise ValueError(
         f"{name} must not repeat an item within a row (sampling is without replacement)."
