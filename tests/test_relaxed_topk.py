@@ -240,6 +240,21 @@ def test_recompute_vjp_equals_scan_autodiff(k, key):
   assert bool(jnp.all(gs_r[:, 5] == 0))
 
 
+@pytest.mark.parametrize("tau", [1e-3, 0.05, 1.0])
+def test_recompute_vjp_with_ties_at_the_top(tau):
+  """Tied maxima give p = 1/2 exactly: the backward's replay must take the forward's branch."""
+  scores = jnp.array([[5.0, 5, 3, 3, 1, 0, -2, -2], [7.0, 1, 1, 1, 0, 0, 0, 0]])
+  weights = jnp.arange(16.0).reshape(2, 8) / 7 - 1
+
+  def objective(s, vjp):
+    return jnp.sum(weights * sj.soft_topk(s, 5, tau, vjp=vjp))
+
+  grad = jax.jit(jax.grad(objective), static_argnums=1)
+  ours, plain = grad(scores, "recompute"), grad(scores, "autodiff")
+  assert bool(jnp.all(jnp.isfinite(ours)))
+  np.testing.assert_allclose(ours, plain, atol=1e-5 * max(1.0, float(jnp.abs(plain).max())))
+
+
 # ---------------------------------------------------------------- composition
 
 
