@@ -24,6 +24,24 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
   return statistics.median(times)
 
 
+def median_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+  """Median wall time of each `fns[name]()`, the calls interleaved round-robin.
+
+  Interleaving puts every contender through the same phases of a noisy machine (this
+  VM's speed drifts by up to 2x over minutes), so their ratio is fair.
+  """
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def synthetic_batch(seed: int = 0, size: int = 100) -> dict[str, np.ndarray]:
   """`size` queries and `size` neighbours of MNIST shape, random pixels and labels."""
   rng = np.random.default_rng(seed)

@@ -21,6 +21,7 @@ _OTHERS_FLOOR = {jnp.dtype(jnp.float32): 1e-28, jnp.dtype(jnp.float64): 1e-280}
 _CHUNK_BYTES = 2**20
 
 
+@jax.custom_jvp
 def _log1m(p: jax.Array) -> jax.Array:
   """log(1 - p) for 0 <= p <= 1/2, as -2 atanh(z) with z = p / (2 - p) <= 1/3.
 
@@ -34,6 +35,10 @@ def _log1m(p: jax.Array) -> jax.Array:
   for i in reversed(range(terms - 1)):
     acc = acc * z2 + 1 / (2 * i + 1)
   return -2 * z * acc
+
+
+# The derivative -1 / (1 - p) directly: differentiating the series would store its terms.
+_log1m.defjvp(lambda primals, tangents: (_log1m(primals[0]), -tangents[0] / (1 - primals[0])))
 
 
 def _step(b: jax.Array, tau: jax.Array):
@@ -202,10 +207,15 @@ def _from_blocks(x: jax.Array, r: int) -> jax.Array:
   return x.reshape(-1, x.shape[-1])[:r]
 
 
+def _recursion_scan(b0, tau, k):
+  """Sum of the k softmaxes for `[r, n]` rows; plain scan, differentiable in every mode."""
+  return _block_forward(b0, tau, k)[0]
+
+
 # A block is one `[rows, n]` array rather than vmapped rows: batching the scans inside
 # would move axes and copy every stored state.
-def _recursion_scan(b0, tau, k):
-  """Sum of the k softmaxes for `[r, n]` rows; differentiable in every mode."""
+def _recursion_blocked(b0, tau, k):
+  """`_recursion_scan` over cache-sized blocks of rows."""
   blocks = _to_blocks(b0, *_block_shape(b0, k))
   return _from_blocks(jax.lax.map(lambda b: _block_forward(b, tau, k)[0], blocks), b0.shape[0])
 
@@ -229,7 +239,7 @@ def _recursion_bwd(k, residuals, total_bar):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _recursion_recompute(b0, tau, k):
   """Same value as `_recursion_scan`; its VJP keeps O(n) state per row for any k."""
-  return _recursion_scan(b0, tau, k)
+  return _recursion_blocked(b0, tau, k)
 
 
 _recursion_recompute.defvjp(_recursion_fwd, _recursion_bwd)
