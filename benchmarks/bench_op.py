@@ -1,6 +1,6 @@
 """Op benchmark: relaxed top-k (JAX) vs the seed's PyTorch SubsetOperator, roofline, memory.
 
-  python benchmarks/bench_op.py [--cases small|all] [--repeats 7] [--out results.json]
+  python -m benchmarks.bench_op [--cases small|all] [--repeats 12] [--out results.json]
 
 Prints, per (B, N, k) case: median forward and forward+backward times for JAX (jit) and
 PyTorch (eager, same inputs), with the Gumbel noise (`gumbel_topk_relaxed` vs the seed's
@@ -27,7 +27,7 @@ from benchmarks.common import (
   add_host_devices_flag,
   median_time,
   median_times,
-  restart_with_host_devices,
+  restart_for_timing,
 )
 from subsets_jax._src import sharding
 
@@ -77,13 +77,13 @@ def compiled_temp_bytes(b, n, k, vjp) -> int:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--cases", choices=("small", "all"), default="all")
-  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--repeats", type=int, default=12)
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--vjp", choices=("recompute", "autodiff"), default="recompute")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   add_host_devices_flag(p, "rows are sharded across them")
   args = p.parse_args()
-  restart_with_host_devices(args.host_devices, "benchmarks.bench_op")
+  restart_for_timing(args.host_devices, "benchmarks.bench_op")
   mesh = sharding.data_mesh(args.host_devices, divides=tuple(b for b, _, _ in CASES))
   cases = CASES if args.cases == "all" else CASES[:2]
   torch = None

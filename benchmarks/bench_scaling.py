@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import restart_with_host_devices, synthetic_batch
+from benchmarks.common import restart_for_timing, synthetic_batch
 from subsets_jax import dknn_training as training
 from subsets_jax._src import sharding
 
@@ -30,7 +30,7 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--out", default=None)
   args = p.parse_args()
-  restart_with_host_devices(max(args.devices), "benchmarks.bench_scaling")
+  restart_for_timing(max(args.devices), "benchmarks.bench_scaling")
   host_batch = synthetic_batch()
   results = {
     "date": time.strftime("%Y-%m-%d"),

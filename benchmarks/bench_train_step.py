@@ -1,6 +1,6 @@
 """Train-step benchmark: the jitted dKNN train_step vs the seed's PyTorch step; evaluation time.
 
-  python benchmarks/bench_train_step.py [--steps 30] [--no_torch] [--out results.json]
+  python -m benchmarks.bench_train_step [--steps 30] [--no_torch] [--out results.json]
 
 Both steps: 100 queries + 100 candidate neighbours (MNIST-sized images), the reference
 ConvNet, k = 9, tau = 1, SGD momentum 0.9, weight decay 5e-4. Prints images/s and ratios,
@@ -20,8 +20,8 @@ import numpy as np
 
 from benchmarks.common import (
   add_host_devices_flag,
-  median_time,
-  restart_with_host_devices,
+  median_times,
+  restart_for_timing,
   synthetic_batch,
 )
 from subsets_jax import dknn_training as training
@@ -36,7 +36,7 @@ def main() -> None:
   p.add_argument("--out", default=None)
   add_host_devices_flag(p, "the step runs data-parallel across them")
   args = p.parse_args()
-  restart_with_host_devices(args.host_devices, "benchmarks.bench_train_step")
+  restart_for_timing(args.host_devices, "benchmarks.bench_train_step")
   mesh = sharding.data_mesh(args.host_devices, divides=(100,))
   rng = np.random.default_rng(0)
   host_batch = synthetic_batch()
@@ -48,6 +48,7 @@ def main() -> None:
     "jax_devices": mesh.size,
   }
   config = training.TrainConfig()
+  steps = {}
   for num_samples in (1, 5):
     state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550)
     state = sharding.replicate(state, mesh)
@@ -65,7 +66,7 @@ def main() -> None:
       )
       jax.block_until_ready(metrics)
 
-    results[f"jax_step_s_samples{num_samples}"] = median_time(jax_step, args.steps, warmup=3)
+    steps[f"jax_step_s_samples{num_samples}"] = jax_step
   if not args.no_torch:
     import torch
 
@@ -82,9 +83,11 @@ def main() -> None:
     )
     for num_samples in (1, 5):
       step = torch_reference.make_train_step()
-      results[f"torch_step_s_samples{num_samples}"] = median_time(
-        lambda step=step, s=num_samples: step(qx, qy, nx, ny, s), args.steps, warmup=3
+      steps[f"torch_step_s_samples{num_samples}"] = lambda step=step, s=num_samples: step(
+        qx, qy, nx, ny, s
       )
+  # Interleaved, so that drifts of the machine's speed hit JAX and PyTorch alike.
+  results.update(median_times(steps, args.steps, warmup=3))
   print(f"device {jax.devices()[0]}; 200 images per step")
   for s in (1, 5):
     line = f"num_samples={s}: jax {results[f'jax_step_s_samples{s}'] * 1e3:.1f} ms"

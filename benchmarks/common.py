@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,21 +25,24 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
   return statistics.median(times)
 
 
-def median_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-  """Median wall time of each `fns[name]()`, the calls interleaved round-robin.
+def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> dict[str, float]:
+  """Median wall time of each `fns[name]()`: rounds of `block` consecutive calls each.
 
-  Interleaving puts every contender through the same phases of a noisy machine (this
-  VM's speed drifts by up to 2x over minutes), so their ratio is fair.
+  The rounds alternate between the contenders, so drifts of this VM's speed (up to 2x
+  over minutes) hit them alike; calls within a round are consecutive, so the first call
+  after a switch (caches and thread pools held by the other framework) is one in
+  `block` and the median ignores it.
   """
   for _ in range(warmup):
     for fn in fns.values():
       fn()
   times = {name: [] for name in fns}
-  for _ in range(repeats):
+  for _ in range(-(-repeats // block)):
     for name, fn in fns.items():
-      t = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t)
+      for _ in range(block):
+        t = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - t)
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -64,6 +68,25 @@ def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
   )
 
 
-def restart_with_host_devices(count: int, module: str) -> None:
-  """Re-runs `python -m module <same args>` with `count` CPU devices unless already so."""
-  sharding.reexec_with_host_devices(count, ["-m", module, *sys.argv[1:]])
+# glibc hands large freed blocks back to the OS and maps fresh zeroed pages on the next
+# call; with JAX and PyTorch allocating in turn, both then page-fault on every call
+# (measured at (100, 60000, 9), interleaved: JAX forward 98 -> 145 ms, PyTorch forward
+# 112 -> 140 ms). Fixed thresholds keep freed memory in the heap, for both alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
+
+
+def restart_for_timing(host_devices: int, module: str) -> None:
+  """Re-runs `python -m module <same args>` with MALLOC_ENV and `host_devices` CPU devices.
+
+  Returns only when the process already has both (glibc and XLA read them at start).
+  """
+  argv = ["-m", module, *sys.argv[1:]]
+  missing = {name: value for name, value in MALLOC_ENV.items() if name not in os.environ}
+  if missing:
+    env = dict(os.environ, **missing)
+    flag = sharding.host_device_flag(host_devices)
+    flags = env.get("XLA_FLAGS", "")
+    if host_devices > 1 and flag not in flags:
+      env["XLA_FLAGS"] = f"{flags} {flag}".strip()
+    os.execve(sys.executable, [sys.executable, *argv], env)
+  sharding.reexec_with_host_devices(host_devices, argv)

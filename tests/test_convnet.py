@@ -39,3 +39,18 @@ def test_matches_reference_layers(shape, padding, key):
   ours = net.apply({"params": params}, images)
   assert ours.shape == (shape[0], 500)
   np.testing.assert_allclose(ours, reference_forward(params, images, padding), atol=2e-5, rtol=1e-4)
+
+
+def test_gradients_match_reference_layers(key):
+  net = sj.ConvNet()
+  images = jax.random.uniform(key, (4, 28, 28, 1))
+  params = net.init(jax.random.key(1), images)["params"]
+  weights = jax.random.normal(jax.random.key(2), (4, 500))
+
+  def objective(p, forward):
+    return jnp.sum(weights * forward(p))
+
+  ours = jax.grad(objective)(params, lambda p: net.apply({"params": p}, images))
+  ref = jax.grad(objective)(params, lambda p: reference_forward(p, images, "VALID"))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(b).max()), rtol=0)
