@@ -10,8 +10,9 @@ import jax.numpy as jnp
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pool, stride 2 (floor), as the maximum of four strided slices.
 
-  Its gradient is elementwise selects and strided pads: 3x faster on XLA:CPU than
-  the reshape + reduce-max form, 17x faster than `reduce_window`'s select-and-scatter.
+  Its gradient is elementwise selects and strided pads: alone, 3x faster on XLA:CPU
+  than that of a reshape + reduce-max and 17x faster than `reduce_window`'s
+  select-and-scatter (inside the whole train step XLA fuses either form equally well).
   """
   h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
   corners = [x[:, i:h:2, j:w:2, :] for i in (0, 1) for j in (0, 1)]
