@@ -292,10 +292,11 @@ def soft_topk(
   for the k passes to stay in cache.
 
   Gradients (`vjp`): "recompute" (default) is a custom VJP with an analytic
-  backward. The forward stores only three scalars per row and step (the
-  log-normaliser among them); the backward replays the states from them
-  elementwise (no reductions), holding at most 16 + ceil(k / 16) states of one
-  block of rows: reverse-mode memory does not grow with k, time is O(k n). It
+  backward. The forward stores only four scalars per row and step (the shift
+  and log-normaliser among them); the backward replays the steps from them
+  elementwise (no reductions), holding at most 16 + ceil(k / 16) arrays of one
+  block of rows (fewer rows per block for large k): reverse-mode memory does not
+  grow with k, time is O(k n). It
   supports `grad`/`vjp` but not forward mode. "autodiff" differentiates the
   scan itself: every transformation works (`jvp`, `hessian`), at O(k n) memory
   per row.
