@@ -8,15 +8,13 @@ import jax.numpy as jnp
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max-pool, stride 2 (floor), as the maximum of four strided slices.
-
-  Its gradient is elementwise selects and strided pads: alone, 3x faster on XLA:CPU
-  than that of a reshape + reduce-max and 17x faster than `reduce_window`'s
-  select-and-scatter (inside the whole train step XLA fuses either form equally well).
-  """
-  h, w = x.shape[1] - x.shape[1] % 2, x.shape[2] - x.shape[2] % 2
-  corners = [x[:, i:h:2, j:w:2, :] for i in (0, 1) for j in (0, 1)]
-  return jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
+  """2x2 max-pool, stride 2 (floor). A reshape + max has a much cheaper gradient on
+  XLA:CPU than `reduce_window`'s select-and-scatter. (The maximum of four strided slices
+  has a cheaper gradient still in isolation, but made the forward 1.6x slower and the
+  train step no faster.)"""
+  b, h, w, c = x.shape
+  x = x[:, : h - h % 2, : w - w % 2, :]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class PatchConv(nn.Module):

@@ -16,8 +16,8 @@ from subsets_jax._src import gumbel, validation
 _OTHERS_FLOOR = {jnp.dtype(jnp.float32): 1e-28, jnp.dtype(jnp.float64): 1e-280}
 
 # Rows are processed in chunks of about this many bytes per [rows, n] array, so the k
-# passes over a chunk hit the cache instead of main memory (3x faster at n = 60,000 on
-# a 2-core CPU); see benchmarks/README.md.
+# passes over a chunk hit the cache instead of main memory (about 3x faster at n = 60,000
+# on a 2-core CPU); see benchmarks/README.md.
 _CHUNK_BYTES = 2**20
 
 
@@ -48,9 +48,8 @@ def _step(b: jax.Array, tau: jax.Array):
   1]`, holds the rows' scalars that let `_probs`, `_advance` and `_step_vjp` redo the
   step without reductions: the shift `m` and `log s` (`_probs` computes
   `exp((b - m) - log s)` by the same operations as here, hence bitwise the same p and the
-  same dominant item),
-  `log1m_top = log(1 - p_top)` for the item that may have p > 1/2, and
-  `inv_share = 1 / (1 - p_top)` (0 where the runner-up gap stands in).
+  same dominant item), `log1m_top = log(1 - p_top)` for the item that may have p > 1/2,
+  and `inv_share = 1 / (1 - p_top)` (0 where the runner-up gap stands in).
   """
   neg_inf = jnp.array(-jnp.inf, b.dtype)
   # The relaxation is shift invariant, so the shift carries no gradient.
@@ -70,7 +69,9 @@ def _step(b: jax.Array, tau: jax.Array):
   others = jnp.sum(jnp.where(is_max, 0, e), axis=-1, keepdims=True)
   use_log = others > _OTHERS_FLOOR[jnp.dtype(b.dtype)]
   # The runner-up is needed only where a dominant item's others fall below the floor:
-  # skip its pass over the block otherwise (p_top = 1 / s, since e_top = 1).
+  # skip its pass over the block otherwise (p_top = 1 / s, since e_top = 1). Where
+  # rounding still calls a top item dominant at s >= 2 (ties), gap = 0 below gives
+  # log(1 - p_top) = -log s = log(1/2), the right value.
   runner_up = jax.lax.cond(
     jnp.any(~use_log & (s_safe < 2)),
     lambda: jnp.max(jnp.where(is_max, neg_inf, b), axis=-1, keepdims=True),
