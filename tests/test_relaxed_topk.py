@@ -255,6 +255,25 @@ def test_recompute_vjp_with_ties_at_the_top(tau):
   np.testing.assert_allclose(ours, plain, atol=1e-5 * max(1.0, float(jnp.abs(plain).max())))
 
 
+@pytest.mark.parametrize("k", [3, 20])
+def test_cpu_row_blocks_equal_the_single_block_of_other_backends(k, key, monkeypatch):
+  """CPU runs rows in padded cache-sized blocks, GPU/TPU in one block: same values."""
+  from subsets_jax._src import relaxed_topk as rt
+
+  monkeypatch.setattr(rt, "_CHUNK_BYTES", 3 * 50 * 4)  # at most 3 rows of 50 per block
+  assert rt._block_shape(jnp.zeros((7, 50)), k, blocked=True)[1] >= 3
+  b0 = jax.random.normal(key, (7, 50)) * 3
+  b0 = (b0 - b0.max(-1, keepdims=True)).at[:, 4].set(-jnp.inf)
+  total_bar = jax.random.normal(jax.random.fold_in(key, 1), (7, 50))
+  tau = jnp.float32(0.7)
+  results = []
+  for blocked in (True, False):
+    total, aux = rt._forward_rows(b0, tau, k, blocked=blocked)
+    results.append((total, aux, *rt._backward_rows(b0, total_bar, aux, tau, k, blocked=blocked)))
+  for ours, single in zip(*results, strict=True):
+    np.testing.assert_allclose(ours, single, rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------- composition
 
 

@@ -185,13 +185,16 @@ def _block_backward(b0, total_bar, aux, tau, k):
   return jax.lax.scan(walk_back, init, (starts, aux), reverse=True)[0]
 
 
-def _block_shape(x: jax.Array, k: int) -> tuple[int, int]:
+def _block_shape(x: jax.Array, k: int, blocked: bool) -> tuple[int, int]:
   """(rows per block, number of blocks) for `[r, n]` rows.
 
-  About _CHUNK_BYTES per block, less for large k so that the backward's held states
-  (`_block_backward`) stay under 16 blocks' worth: memory does not grow with k.
+  Blocked (CPU): about _CHUNK_BYTES per block, less for large k so that the backward's
+  held arrays (`_block_backward`) stay under 16 blocks' worth: memory does not grow
+  with k. Otherwise (GPU, TPU: blocks would serialise the work) one block of all rows.
   """
   r, n = x.shape
+  if not blocked:
+    return r, 1
   length, count = _segments(k)
   held = length + (count if count > 1 else 0)
   budget = min(_CHUNK_BYTES, _CHUNK_BYTES * _SEGMENT // held)
@@ -215,32 +218,55 @@ def _recursion_scan(b0, tau, k):
 
 # A block is one `[rows, n]` array rather than vmapped rows: batching the scans inside
 # would move axes and copy every stored state.
-def _recursion_blocked(b0, tau, k):
-  """`_recursion_scan` over cache-sized blocks of rows."""
-  blocks = _to_blocks(b0, *_block_shape(b0, k))
-  return _from_blocks(jax.lax.map(lambda b: _block_forward(b, tau, k)[0], blocks), b0.shape[0])
+def _forward_rows(b0, tau, k, *, blocked):
+  """`_recursion_scan` block by block, and the steps' scalars `[k, 4, r, 1]`."""
+  r = b0.shape[0]
+  rows, count = _block_shape(b0, k, blocked)
+  total, aux = jax.lax.map(lambda b: _block_forward(b, tau, k), _to_blocks(b0, rows, count))
+  aux = jnp.moveaxis(aux, 0, 2).reshape(k, aux.shape[2], count * rows, 1)[:, :, :r]
+  return _from_blocks(total, r), aux
+
+
+def _backward_rows(b0, total_bar, aux, tau, k, *, blocked):
+  r = b0.shape[0]
+  rows, count = _block_shape(b0, k, blocked)
+  # Padding rows replay as the identity: a shift of +inf gives p = 0.
+  aux = jnp.pad(aux, ((0, 0), (0, 0), (0, count * rows - r), (0, 0)))
+  aux = aux.at[:, 0, r:].set(jnp.inf)
+  aux = jnp.moveaxis(aux.reshape(k, aux.shape[1], count, rows, 1), 2, 0)
+  blocks = (_to_blocks(b0, rows, count), _to_blocks(total_bar, rows, count), aux)
+  b0_bar, tau_bar = jax.lax.map(lambda xs: _block_backward(*xs, tau, k), blocks)
+  return _from_blocks(b0_bar, r), jnp.sum(tau_bar).astype(tau.dtype)
+
+
+def _by_platform(fn, *args):
+  """`fn(*args, blocked=...)`: cache-sized blocks on CPU, one block elsewhere.
+
+  Chosen when the computation is lowered, so one jitted function serves every backend.
+  """
+  return jax.lax.platform_dependent(
+    *args,
+    cpu=functools.partial(fn, blocked=True),
+    default=functools.partial(fn, blocked=False),
+  )
 
 
 def _recursion_fwd(b0, tau, k):
-  blocks = _to_blocks(b0, *_block_shape(b0, k))
-  total, aux = jax.lax.map(lambda b: _block_forward(b, tau, k), blocks)
-  return _from_blocks(total, b0.shape[0]), (b0, aux, tau)
+  total, aux = _by_platform(lambda b, t, **kw: _forward_rows(b, t, k, **kw), b0, tau)
+  return total, (b0, aux, tau)
 
 
 def _recursion_bwd(k, residuals, total_bar):
   b0, aux, tau = residuals
-  shape = _block_shape(b0, k)
-  b0_bar, tau_bar = jax.lax.map(
-    lambda xs: _block_backward(*xs, tau, k),
-    (_to_blocks(b0, *shape), _to_blocks(total_bar, *shape), aux),
+  return _by_platform(
+    lambda b, t_bar, a, t, **kw: _backward_rows(b, t_bar, a, t, k, **kw), b0, total_bar, aux, tau
   )
-  return _from_blocks(b0_bar, b0.shape[0]), jnp.sum(tau_bar).astype(tau.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _recursion_recompute(b0, tau, k):
   """Same value as `_recursion_scan`; its VJP keeps O(n) state per row for any k."""
-  return _recursion_blocked(b0, tau, k)
+  return _by_platform(lambda b, t, **kw: _forward_rows(b, t, k, **kw)[0], b0, tau)
 
 
 _recursion_recompute.defvjp(_recursion_fwd, _recursion_bwd)
@@ -289,8 +315,9 @@ def soft_topk(
       output = sum_j p^j
 
   It runs as a `lax.scan` over the `k` steps carrying the running sum, O(k n)
-  time and O(n) state per row, over blocks of rows small enough (about 1 MiB)
-  for the k passes to stay in cache.
+  time and O(n) state per row. On CPU the rows go in blocks small enough (about
+  1 MiB) for the k passes to stay in cache; on other backends in one block (the
+  choice is made when the computation is lowered, `lax.platform_dependent`).
 
   Gradients (`vjp`): "recompute" (default) is a custom VJP with an analytic
   backward. The forward stores only four scalars per row and step (the shift
