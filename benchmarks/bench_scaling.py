@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import restart_for_timing, synthetic_batch
+from benchmarks.common import median_time, restart_for_timing, synthetic_batch
 from subsets_jax import dknn_training as training
 from subsets_jax._src import sharding
 
@@ -45,16 +44,16 @@ def main() -> None:
       mesh,
     )
     batch = sharding.shard_batch(host_batch, mesh)
-    times = []
-    for i in range(args.steps + 3):
-      t = time.perf_counter()
-      state, metrics = training.train_step_jit(
-        state, batch, jax.random.key(i), jnp.float32(1.0), k=9
+    holder = {"state": state, "i": 0}
+
+    def step(batch=batch, holder=holder):
+      holder["i"] += 1
+      holder["state"], metrics = training.train_step_jit(
+        holder["state"], batch, jax.random.key(holder["i"]), jnp.float32(1.0), k=9
       )
       jax.block_until_ready(metrics)
-      if i >= 3:
-        times.append(time.perf_counter() - t)
-    results["step_s"][count] = statistics.median(times)
+
+    results["step_s"][count] = median_time(step, args.steps, warmup=3)
     print(f"{count} device(s): {results['step_s'][count] * 1e3:.1f} ms per step")
   base = results["step_s"][args.devices[0]]
   for count in args.devices[1:]:

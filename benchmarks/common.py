@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -80,13 +79,4 @@ def restart_for_timing(host_devices: int, module: str) -> None:
 
   Returns only when the process already has both (glibc and XLA read them at start).
   """
-  argv = ["-m", module, *sys.argv[1:]]
-  missing = {name: value for name, value in MALLOC_ENV.items() if name not in os.environ}
-  if missing:
-    env = dict(os.environ, **missing)
-    flag = sharding.host_device_flag(host_devices)
-    flags = env.get("XLA_FLAGS", "")
-    if host_devices > 1 and flag not in flags:
-      env["XLA_FLAGS"] = f"{flags} {flag}".strip()
-    os.execve(sys.executable, [sys.executable, *argv], env)
-  sharding.reexec_with_host_devices(host_devices, argv)
+  sharding.reexec_with_host_devices(host_devices, ["-m", module, *sys.argv[1:]], MALLOC_ENV)

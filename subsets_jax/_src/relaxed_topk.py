@@ -41,6 +41,16 @@ def _log1m(p: jax.Array) -> jax.Array:
 _log1m.defjvp(lambda primals, tangents: (_log1m(primals[0]), -tangents[0] / (1 - primals[0])))
 
 
+def _log1m_step(p: jax.Array, log1m_top: jax.Array) -> jax.Array:
+  """log(1 - p) for every item: `log1m_top` for the dominant one (p > 1/2), else `_log1m`.
+
+  The forward (`_step`), the replay (`_advance`) and `_step_vjp` all call this, so they
+  make the same choice of the dominant item from bitwise the same p.
+  """
+  dominant = p > 0.5
+  return jnp.where(dominant, log1m_top, _log1m(jnp.where(dominant, 0, p)))
+
+
 def _step(b: jax.Array, tau: jax.Array):
   """One step on `[rows, n]` in scaled units `b = a / tau`: p = softmax(b), b += log(1 - p) / tau.
 
@@ -81,8 +91,7 @@ def _step(b: jax.Array, tau: jax.Array):
   # other finite item: 0, so a lone finite item keeps receiving the mass, not NaN.
   gap = jax.lax.stop_gradient(jnp.where(jnp.isfinite(runner_up), runner_up - m_safe, 0))
   log1m_top = jnp.where(use_log, jnp.log(jnp.where(use_log, others, 1)), gap) - log_s
-  dominant = p > 0.5
-  log1m = jnp.where(dominant, log1m_top, _log1m(jnp.where(dominant, 0, p)))
+  log1m = _log1m_step(p, log1m_top)
   inv_share = jnp.where(use_log, jnp.exp(-jnp.where(use_log, log1m_top, 0)), 0)
   aux = jax.lax.stop_gradient(jnp.stack([m_safe, log_s, log1m_top, inv_share]))
   return b + log1m / tau, p, aux
@@ -95,8 +104,7 @@ def _probs(b: jax.Array, aux: jax.Array) -> jax.Array:
 
 def _advance(b, p, aux, tau):
   """b + log(1 - p) / tau, with the dominant item's log(1 - p_top) from the stored scalars."""
-  dominant = p > 0.5
-  return b + jnp.where(dominant, aux[2], _log1m(jnp.where(dominant, 0, p))) / tau
+  return b + _log1m_step(p, aux[2]) / tau
 
 
 def _step_vjp(p, aux, tau, b_next_bar, total_bar):
@@ -109,7 +117,7 @@ def _step_vjp(p, aux, tau, b_next_bar, total_bar):
   """
   log1m_top, inv_share = aux[2], aux[3]
   dominant = p > 0.5
-  log1m = jnp.where(dominant, log1m_top, _log1m(jnp.where(dominant, 0, p)))
+  log1m = _log1m_step(p, log1m_top)
   g = b_next_bar / tau
   # 1 - p >= 1/2 for every item that is not dominant.
   p_bar = total_bar - jnp.where(dominant, 0, g / (1 - p))

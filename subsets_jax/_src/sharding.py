@@ -56,18 +56,25 @@ def host_device_flag(count: int) -> str:
   return f"--xla_force_host_platform_device_count={count}"
 
 
-def reexec_with_host_devices(count: int, argv: list[str]) -> None:
-  """Restarts this process with `count` CPU devices, unless it already has them.
+def reexec_with_host_devices(
+  count: int, argv: list[str], env: dict[str, str] | None = None
+) -> None:
+  """Restarts this process with `count` CPU devices and `env` set, unless it has them.
 
-  XLA reads the flag once, when the backend starts, so a script that wants several CPU
-  devices (data parallelism across cores) restarts itself with `XLA_FLAGS` set. Returns
-  only when no restart is needed.
+  XLA reads the flag once, when the backend starts (and glibc its malloc settings at
+  start), so a script that wants several CPU devices (data parallelism across cores)
+  restarts itself with `XLA_FLAGS` set. Variables already in the environment are kept.
+  Returns only when no restart is needed.
   """
   import os
   import sys
 
+  missing = {name: value for name, value in (env or {}).items() if name not in os.environ}
   flags = os.environ.get("XLA_FLAGS", "")
-  if count <= 1 or host_device_flag(count) in flags:
+  needs_flag = count > 1 and host_device_flag(count) not in flags
+  if not needs_flag and not missing:
     return
-  env = dict(os.environ, XLA_FLAGS=f"{flags} {host_device_flag(count)}".strip())
-  os.execve(sys.executable, [sys.executable, *argv], env)
+  new_env = dict(os.environ, **missing)
+  if needs_flag:
+    new_env["XLA_FLAGS"] = f"{flags} {host_device_flag(count)}".strip()
+  os.execve(sys.executable, [sys.executable, *argv], new_env)
