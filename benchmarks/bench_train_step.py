@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks.common import (
   add_host_devices_flag,
+  add_torch_device_flag,
   median_time,
   median_times,
   restart_for_timing,
@@ -37,6 +38,7 @@ def main() -> None:
   p.add_argument("--skip_eval", action="store_true")
   p.add_argument("--out", default=None)
   add_host_devices_flag(p, "the step runs data-parallel across them")
+  add_torch_device_flag(p)
   args = p.parse_args()
   restart_for_timing(args.host_devices, "benchmarks.bench_train_step")
   mesh = sharding.data_mesh(args.host_devices, divides=(100,))
@@ -75,16 +77,19 @@ def main() -> None:
     from benchmarks import torch_reference
 
     torch.manual_seed(0)
+    dev = args.torch_device
+    results["torch"] = f"{torch.__version__} on {dev}"
     # The same images and labels, NCHW for PyTorch.
     qx, nx = (
-      torch.from_numpy(host_batch[f"{n}_images"].transpose(0, 3, 1, 2).copy())
+      torch.from_numpy(host_batch[f"{n}_images"].transpose(0, 3, 1, 2).copy()).to(dev)
       for n in ("query", "neighbor")
     )
     qy, ny = (
-      torch.from_numpy(host_batch[f"{n}_labels"].astype(np.int64)) for n in ("query", "neighbor")
+      torch.from_numpy(host_batch[f"{n}_labels"].astype(np.int64)).to(dev)
+      for n in ("query", "neighbor")
     )
     for num_samples in (1, 5):
-      step = torch_reference.make_train_step()
+      step = torch_reference.make_train_step(device=dev)
       steps[f"torch_step_s_samples{num_samples}"] = lambda step=step, s=num_samples: step(
         qx, qy, nx, ny, s
       )

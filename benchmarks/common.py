@@ -74,6 +74,23 @@ def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 
 
+def add_torch_device_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--torch_device",
+    default="cpu",
+    help="device of the PyTorch reference (cpu, or cuda on a GPU machine)",
+  )
+
+
+def torch_sync(device: str):
+  """A function that waits for PyTorch's queued work on `device` (no-op on CPU)."""
+  import torch
+
+  if device.startswith("cuda"):
+    return torch.cuda.synchronize
+  return lambda: None
+
+
 def restart_for_timing(host_devices: int, module: str) -> None:
   """Re-runs `python -m module <same args>` with MALLOC_ENV and `host_devices` CPU devices.
 

@@ -1,15 +1,48 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark: op and train-step timings of subsets_jax on the visible GPU.
-# Usage (on a machine with an NVIDIA GPU and JAX's CUDA build, `pip install -e ".[cuda]"`):
-#   OUT=results bash benchmarks/run_gpu.sh
-# Writes op_gpu.json, train_step_gpu.json and nvidia-smi.txt into $OUT. PyTorch is skipped
-# (the comparison target is the CPU reference); rerun `python -m benchmarks.bench_op` without --no_torch where a
-# CUDA build of torch is installed to compare on the GPU too.
-set -euo pipefail
+# One-shot GPU run: the op and train-step benchmarks (JAX against the seed's PyTorch code on
+# the same GPU), the Pallas-variant experiment, then the relaxation's tests on the GPU.
+# Usage (a machine with an NVIDIA GPU, JAX's CUDA build, and PyTorch with CUDA for the
+# comparison; `pip install -e ".[cuda]"` gives JAX):
+#   OUT=results bash benchmarks/run_gpu.sh            # NO_TORCH=1 to skip PyTorch
+# Writes into $OUT: env.txt, op_gpu.json, train_step_gpu.json, variants_gpu.json and
+# log.txt (everything printed). Each stage has its own time limit, so one that hangs
+# does not lose the others.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
+PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-python -c "import jax; print(jax.devices())"
-python -m benchmarks.bench_op --no_torch --repeats 20 --out "$OUT/op_gpu.json"
-python -m benchmarks.bench_train_step --no_torch --steps 50 --out "$OUT/train_step_gpu.json"
+export PYTHONUNBUFFERED=1
+# JAX and PyTorch share the GPU: JAX takes half its memory instead of 75 %.
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}"
+torch_args=(--torch_device cuda)
+[[ -n "${NO_TORCH:-}" ]] && torch_args=(--no_torch)
+
+{
+  nvidia-smi
+  "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__)"
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+stage() {  # stage SECONDS NAME COMMAND...: run with a time limit, log, keep going on failure
+  local limit=$1 name=$2
+  shift 2
+  echo "=== $name (limit ${limit}s)"
+  local start=$SECONDS
+  timeout "$limit" "$@"
+  echo "=== $name: exit $?, $((SECONDS - start)) s"
+}
+
+{
+  stage "${T_OP:-150}" op "$PY" -m benchmarks.bench_op "${torch_args[@]}" --repeats 30 \
+    --out "$OUT/op_gpu.json"
+  stage "${T_TRAIN:-150}" train_step "$PY" -m benchmarks.bench_train_step "${torch_args[@]}" \
+    --steps 60 --out "$OUT/train_step_gpu.json"
+  stage "${T_VARIANTS:-150}" variants "$PY" -m benchmarks.bench_gpu_variants --repeats 30 \
+    --out "$OUT/variants_gpu.json"
+  # The relaxation's tests that exercise the non-CPU code path's values and gradients.
+  stage "${T_TESTS:-100}" tests "$PY" -m pytest -q -p no:cacheprovider tests/test_relaxed_topk.py \
+    -k "float64_reference_in_float32 or recompute_vjp or blocks or excluded or large_n_large_k" \
+    -o addopts="" 2>&1 | tail -25
+} 2>&1 | tee "$OUT/log.txt"

@@ -3,7 +3,8 @@
 `subset_operator` follows the seed's `SubsetOperator.forward` (Xie & Ermon's tutorial):
 Gumbel noise, then k times `scores += log(max(1 - p, tiny_f32))`, `p = softmax(scores / tau)`,
 `khot += p`. `ConvNet`, `dknn_loss` and the SGD step follow the reference `run_dknn.py`.
-Requires the `torch` extra (`pip install torch==2.13.0`, a CPU build here).
+Requires the `torch` extra (`pip install torch==2.13.0`, a CPU build here); on a GPU machine
+the benchmarks can run these on CUDA (`--torch_device cuda`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ TINY = float(np.finfo(np.float32).tiny)
 
 def subset_operator(scores: torch.Tensor, k: int, tau: float, noise: bool = True) -> torch.Tensor:
   if noise:
-    scores = scores + torch.distributions.Gumbel(0.0, 1.0).sample(scores.shape)
+    # Parameters on the scores' device, so that the noise is drawn there (CPU or CUDA).
+    zero = torch.zeros((), device=scores.device)
+    scores = scores + torch.distributions.Gumbel(zero, zero + 1.0).sample(scores.shape)
   khot = torch.zeros_like(scores)
   onehot = torch.zeros_like(scores)
   for _ in range(k):
@@ -46,8 +49,9 @@ def dknn_loss(query, neighbors, query_labels, neighbor_labels, k, tau):
   return -(correct * top_k).sum(-1).mean()
 
 
-def make_train_step(k: int = 9, tau: float = 1.0, lr: float = 1e-3):
-  net = ConvNet()
+def make_train_step(k: int = 9, tau: float = 1.0, lr: float = 1e-3, device: str = "cpu"):
+  """The seed's SGD step; `float(loss)` at the end waits for the device."""
+  net = ConvNet().to(device)
   opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
 
   def step(query_x, query_y, cand_x, cand_y, num_samples: int = 1):

@@ -51,7 +51,7 @@ def _log1m_step(p: jax.Array, log1m_top: jax.Array) -> jax.Array:
   return jnp.where(dominant, log1m_top, _log1m(jnp.where(dominant, 0, p)))
 
 
-def _step(b: jax.Array, tau: jax.Array):
+def _step(b: jax.Array, tau: jax.Array, lazy_runner_up: bool = True):
   """One step on `[rows, n]` in scaled units `b = a / tau`: p = softmax(b), b += log(1 - p) / tau.
 
   Excluded items are `b = -inf` and stay so. Returns `(b_next, p, aux)`; `aux`, `[4, rows,
@@ -60,6 +60,8 @@ def _step(b: jax.Array, tau: jax.Array):
   `exp((b - m) - log s)` by the same operations as here, hence bitwise the same p and the
   same dominant item), `log1m_top = log(1 - p_top)` for the item that may have p > 1/2,
   and `inv_share = 1 / (1 - p_top)` (0 where the runner-up gap stands in).
+  `lazy_runner_up`: reduce for the runner-up only under a `lax.cond` when some row
+  needs it (saves a pass on CPU; on a GPU the predicate costs a host round trip).
   """
   neg_inf = jnp.array(-jnp.inf, b.dtype)
   # The relaxation is shift invariant, so the shift carries no gradient.
@@ -82,11 +84,14 @@ def _step(b: jax.Array, tau: jax.Array):
   # skip its pass over the block otherwise (p_top = 1 / s, since e_top = 1). Where
   # rounding still calls a top item dominant at s >= 2 (ties), gap = 0 below gives
   # log(1 - p_top) = -log s = log(1/2), the right value.
-  runner_up = jax.lax.cond(
-    jnp.any(~use_log & (s_safe < 2)),
-    lambda: jnp.max(jnp.where(is_max, neg_inf, b), axis=-1, keepdims=True),
-    lambda: jnp.full_like(m, -jnp.inf),
-  )
+  needs_runner_up = ~use_log & (s_safe < 2)
+  runner_up_fn = lambda: jnp.max(jnp.where(is_max, neg_inf, b), axis=-1, keepdims=True)
+  if lazy_runner_up:
+    runner_up = jax.lax.cond(
+      jnp.any(needs_runner_up), runner_up_fn, lambda: jnp.full_like(m, -jnp.inf)
+    )
+  else:
+    runner_up = jnp.where(needs_runner_up, runner_up_fn(), -jnp.inf)
   # Others below the floor: the log-gap to the runner-up stands in, as a constant; no
   # other finite item: 0, so a lone finite item keeps receiving the mass, not NaN.
   gap = jax.lax.stop_gradient(jnp.where(jnp.isfinite(runner_up), runner_up - m_safe, 0))
@@ -129,15 +134,15 @@ def _step_vjp(p, aux, tau, b_next_bar, total_bar):
   return b_bar, tau_bar
 
 
-def _block_forward(b0, tau, k):
+def _block_forward(b0, tau, k, lazy_runner_up=True, unroll=1):
   """Sum of the k softmaxes of a `[rows, n]` block, and the steps' scalars `[k, 4, rows, 1]`."""
 
   def body(carry, _):
     b, total = carry
-    b, p, aux = _step(b, tau)
+    b, p, aux = _step(b, tau, lazy_runner_up)
     return (b, total + p), aux
 
-  (_, total), aux = jax.lax.scan(body, (b0, jnp.zeros_like(b0)), None, length=k)
+  (_, total), aux = jax.lax.scan(body, (b0, jnp.zeros_like(b0)), None, length=k, unroll=unroll)
   return total, aux
 
 
@@ -226,11 +231,16 @@ def _recursion_scan(b0, tau, k):
 
 # A block is one `[rows, n]` array rather than vmapped rows: batching the scans inside
 # would move axes and copy every stored state.
-def _forward_rows(b0, tau, k, *, blocked):
-  """`_recursion_scan` block by block, and the steps' scalars `[k, 4, r, 1]`."""
+def _forward_rows(b0, tau, k, *, blocked, **step_options):
+  """`_recursion_scan` block by block, and the steps' scalars `[k, 4, r, 1]`.
+
+  `step_options` (`lazy_runner_up`, `unroll`) go to `_block_forward`.
+  """
   r = b0.shape[0]
   rows, count = _block_shape(b0, k, blocked)
-  total, aux = jax.lax.map(lambda b: _block_forward(b, tau, k), _to_blocks(b0, rows, count))
+  total, aux = jax.lax.map(
+    lambda b: _block_forward(b, tau, k, **step_options), _to_blocks(b0, rows, count)
+  )
   aux = jnp.moveaxis(aux, 0, 2).reshape(k, aux.shape[2], count * rows, 1)[:, :, :r]
   return _from_blocks(total, r), aux
 

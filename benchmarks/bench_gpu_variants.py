@@ -1,0 +1,139 @@
+"""GPU experiment: the relaxed top-k's XLA forward variants against a Pallas (Triton) kernel.
+
+  python -m benchmarks.bench_gpu_variants [--repeats 30] [--out results.json]
+
+On the default (non-CPU) path the library runs all rows as one block. Per case this
+times the noise-free forward on `(scores - row max) / tau` rows:
+  xla          the library's forward (runner-up reduction under `lax.cond`)
+  xla_eager    the runner-up always reduced (no `lax.cond`, hence no host round trip)
+  xla_unroll   as xla_eager, the k-step scan unrolled
+  pallas_*     benchmarks/pallas_forward.py, one program per row (chunk, warps)
+and forward+backward of the library (`soft_topk`) against the Pallas forward followed by
+the library's analytic backward on its stored scalars. Each variant's values are checked
+against the library's before timing. Meant for a GPU; on CPU use `--interpret` to smoke-test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import subsets_jax as sj
+from benchmarks import pallas_forward
+from benchmarks.common import median_times
+from subsets_jax._src import relaxed_topk
+
+CASES = [(100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
+SMOKE_CASES = [(4, 300, 5)]
+TAU = 1.0
+PALLAS_CONFIGS = [(1024, 4), (2048, 8), (4096, 16)]  # (chunk, num_warps)
+
+
+def xla_forward(k, **options):
+  return jax.jit(
+    lambda b: relaxed_topk._forward_rows(b, jnp.float32(TAU), k, blocked=False, **options)[0]
+  )
+
+
+def pallas_fwd_bwd(k, **kernel_options):
+  """value_and_grad of sum(w * soft_topk): Pallas forward, the library's analytic backward."""
+
+  @jax.custom_vjp
+  def total(b):
+    return pallas_forward.forward_rows(b, TAU, k, **kernel_options)[0]
+
+  def fwd(b):
+    out, aux = pallas_forward.forward_rows(b, TAU, k, **kernel_options)
+    return out, (b, aux)
+
+  def bwd(res, total_bar):
+    b, aux = res
+    b_bar, _ = relaxed_topk._backward_rows(b, total_bar, aux, jnp.float32(TAU), k, blocked=False)
+    return (b_bar,)
+
+  total.defvjp(fwd, bwd)
+  loss = lambda s, w: jnp.sum(w * total(pallas_forward.scaled_rows(s, TAU)))
+  return jax.jit(jax.value_and_grad(loss))
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--repeats", type=int, default=30)
+  p.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke test)")
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+  cases = SMOKE_CASES if args.interpret else CASES
+  configs = PALLAS_CONFIGS[:1] if args.interpret else PALLAS_CONFIGS
+  results = {
+    "machine": f"{platform.node()} ({jax.devices()[0]})",
+    "date": time.strftime("%Y-%m-%d"),
+    "jax": jax.__version__,
+    "cases": [],
+  }
+  print(f"device {jax.devices()[0]}, jax {jax.__version__}; times in ms (median)")
+  rng = np.random.default_rng(0)
+  for b_, n, k in cases:
+    scores = jnp.asarray(rng.gumbel(size=(b_, n)).astype(np.float32) + 2 * rng.normal(size=(b_, n)))
+    w = jnp.asarray(rng.normal(size=(b_, n)).astype(np.float32))
+    b = jax.block_until_ready(pallas_forward.scaled_rows(scores, TAU))
+    fwd = {
+      "xla": xla_forward(k),
+      "xla_eager": xla_forward(k, lazy_runner_up=False),
+      "xla_unroll": xla_forward(k, lazy_runner_up=False, unroll=True),
+    }
+    for chunk, warps in configs:
+      fwd[f"pallas_c{chunk}_w{warps}"] = functools.partial(
+        pallas_forward.forward_rows,
+        tau=TAU,
+        k=k,
+        chunk=chunk,
+        num_warps=warps,
+        interpret=args.interpret,
+      )
+    lib_loss = lambda s, w, k=k: jnp.sum(w * sj.soft_topk(s, k, TAU))
+    fwd_bwd = {"lib_fwd_bwd": jax.jit(jax.value_and_grad(lib_loss))}
+    chunk, warps = configs[min(1, len(configs) - 1)]
+    fwd_bwd["pallas_fwd_bwd"] = pallas_fwd_bwd(
+      k, chunk=chunk, num_warps=warps, interpret=args.interpret
+    )
+    row = {"B": b_, "N": n, "k": k, "errors": {}, "max_abs_diff": {}}
+    reference = np.asarray(fwd["xla"](b))
+    ref_grad = np.asarray(fwd_bwd["lib_fwd_bwd"](scores, w)[1])
+    timed = {}
+    for name, fn in fwd.items():
+      try:
+        out = fn(b)
+        out = out[0] if isinstance(out, tuple) else out
+        row["max_abs_diff"][name] = float(np.abs(np.asarray(out) - reference).max())
+        timed[name] = lambda fn=fn: jax.block_until_ready(fn(b))
+      except Exception as e:  # a failing variant must not lose the others' figures
+        row["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+        traceback.print_exc()
+    for name, fn in fwd_bwd.items():
+      try:
+        grad = np.asarray(fn(scores, w)[1])
+        row["max_abs_diff"][name] = float(np.abs(grad - ref_grad).max())
+        timed[name] = lambda fn=fn: jax.block_until_ready(fn(scores, w))
+      except Exception as e:
+        row["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+        traceback.print_exc()
+    row["times_s"] = median_times(timed, args.repeats, warmup=2)
+    results["cases"].append(row)
+    line = " ".join(f"{name} {t * 1e3:.3f}" for name, t in row["times_s"].items())
+    diffs = max(row["max_abs_diff"].values())
+    print(f"({b_}, {n}, {k}): {line}; max|diff| {diffs:.1e}; errors {list(row['errors'])}")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
