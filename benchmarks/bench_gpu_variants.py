@@ -6,11 +6,17 @@ On the default (non-CPU) path the library runs all rows as one block. Per case t
 times the noise-free forward on `(scores - row max) / tau` rows:
   xla          the library's forward (runner-up reduction under `lax.cond`)
   xla_eager    the runner-up always reduced (no `lax.cond`, hence no host round trip)
-  xla_unroll   as xla_eager, the k-step scan unrolled
+  xla_unroll   as xla_eager, the k-step scan unrolled (by up to 16 steps)
   pallas_*     benchmarks/pallas_forward.py, one program per row (chunk, warps)
-and forward+backward of the library (`soft_topk`) against the Pallas forward followed by
-the library's analytic backward on its stored scalars. Each variant's values are checked
-against the library's before timing. Meant for a GPU; on CPU use `--interpret` to smoke-test.
+and forward+backward (`sum(w * soft_topk(scores))`, value and gradient):
+  lib_fwd_bwd                 the library (`vjp="recompute"`)
+  autodiff_fwd_bwd            `vjp="autodiff"` (scan autodiff; stores k states)
+  eager_unroll[_nobarrier]    xla_unroll's forward, the library's analytic backward with
+                              (without) the optimisation barriers that materialise the replay
+  pallas[_nobarrier]          the Pallas forward, the same backward
+then the compiled temporary memory of each at k = 8 and 256. Each variant's values are
+checked against the library's before timing. Meant for a GPU; on CPU use `--interpret`
+to smoke-test.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from subsets_jax._src import relaxed_topk
 CASES = [(100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
 SMOKE_CASES = [(4, 300, 5)]
 TAU = 1.0
-PALLAS_CONFIGS = [(1024, 4), (2048, 8), (4096, 16)]  # (chunk, num_warps)
+PALLAS_CONFIGS = [(2048, 8), (4096, 16), (8192, 32)]  # (chunk, num_warps)
 
 
 def xla_forward(k, **options):
@@ -43,25 +49,56 @@ def xla_forward(k, **options):
   )
 
 
-def pallas_fwd_bwd(k, **kernel_options):
-  """value_and_grad of sum(w * soft_topk): Pallas forward, the library's analytic backward."""
+def composed_fwd_bwd(k, forward_rows, **replay_options):
+  """value_and_grad of sum(w * soft_topk) from `forward_rows(b) -> (total, aux)` and the
+  library's analytic backward (`_backward_rows` with `replay_options`) on its scalars."""
 
   @jax.custom_vjp
   def total(b):
-    return pallas_forward.forward_rows(b, TAU, k, **kernel_options)[0]
+    return forward_rows(b)[0]
 
   def fwd(b):
-    out, aux = pallas_forward.forward_rows(b, TAU, k, **kernel_options)
+    out, aux = forward_rows(b)
     return out, (b, aux)
 
   def bwd(res, total_bar):
     b, aux = res
-    b_bar, _ = relaxed_topk._backward_rows(b, total_bar, aux, jnp.float32(TAU), k, blocked=False)
+    b_bar, _ = relaxed_topk._backward_rows(
+      b, total_bar, aux, jnp.float32(TAU), k, blocked=False, **replay_options
+    )
     return (b_bar,)
 
   total.defvjp(fwd, bwd)
   loss = lambda s, w: jnp.sum(w * total(pallas_forward.scaled_rows(s, TAU)))
   return jax.jit(jax.value_and_grad(loss))
+
+
+def xla_rows(k, **step_options):
+  return lambda b: relaxed_topk._forward_rows(b, jnp.float32(TAU), k, blocked=False, **step_options)
+
+
+def fwd_bwd_variants(k, interpret, pallas_config):
+  """Forward+backward variants, each `(scores, w) -> (loss, grad)`."""
+  chunk, warps = pallas_config
+  soft = lambda vjp: jax.jit(
+    jax.value_and_grad(lambda s, w: jnp.sum(w * sj.soft_topk(s, k, TAU, vjp=vjp)))
+  )
+  pallas_rows = functools.partial(
+    pallas_forward.forward_rows, tau=TAU, k=k, chunk=chunk, num_warps=warps, interpret=interpret
+  )
+  eager_unrolled = xla_rows(k, lazy_runner_up=False, unroll=min(k, 16))
+  return {
+    "lib_fwd_bwd": soft("recompute"),
+    "autodiff_fwd_bwd": soft("autodiff"),
+    "eager_unroll_fwd_bwd": composed_fwd_bwd(k, eager_unrolled),
+    "eager_unroll_nobarrier_fwd_bwd": composed_fwd_bwd(k, eager_unrolled, materialize=False),
+    "pallas_fwd_bwd": composed_fwd_bwd(k, pallas_rows),
+    "pallas_nobarrier_fwd_bwd": composed_fwd_bwd(k, pallas_rows, materialize=False),
+  }
+
+
+def temp_mb(fn, *args) -> float:
+  return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
 
 
 def main() -> None:
@@ -87,7 +124,7 @@ def main() -> None:
     fwd = {
       "xla": xla_forward(k),
       "xla_eager": xla_forward(k, lazy_runner_up=False),
-      "xla_unroll": xla_forward(k, lazy_runner_up=False, unroll=True),
+      "xla_unroll": xla_forward(k, lazy_runner_up=False, unroll=min(k, 16)),
     }
     for chunk, warps in configs:
       fwd[f"pallas_c{chunk}_w{warps}"] = functools.partial(
@@ -98,12 +135,7 @@ def main() -> None:
         num_warps=warps,
         interpret=args.interpret,
       )
-    lib_loss = lambda s, w, k=k: jnp.sum(w * sj.soft_topk(s, k, TAU))
-    fwd_bwd = {"lib_fwd_bwd": jax.jit(jax.value_and_grad(lib_loss))}
-    chunk, warps = configs[min(1, len(configs) - 1)]
-    fwd_bwd["pallas_fwd_bwd"] = pallas_fwd_bwd(
-      k, chunk=chunk, num_warps=warps, interpret=args.interpret
-    )
+    fwd_bwd = fwd_bwd_variants(k, args.interpret, configs[min(1, len(configs) - 1)])
     row = {"B": b_, "N": n, "k": k, "errors": {}, "max_abs_diff": {}}
     reference = np.asarray(fwd["xla"](b))
     ref_grad = np.asarray(fwd_bwd["lib_fwd_bwd"](scores, w)[1])
@@ -130,6 +162,20 @@ def main() -> None:
     line = " ".join(f"{name} {t * 1e3:.3f}" for name, t in row["times_s"].items())
     diffs = max(row["max_abs_diff"].values())
     print(f"({b_}, {n}, {k}): {line}; max|diff| {diffs:.1e}; errors {list(row['errors'])}")
+  # Memory of the backward variants as k grows (compiled temporary bytes).
+  b_, n = (4, 300) if args.interpret else (100, 10000)
+  spec = jax.ShapeDtypeStruct((b_, n), jnp.float32)
+  results["temp_mb"] = {}
+  for k in (8, 256):
+    for name, fn in fwd_bwd_variants(k, args.interpret, configs[0]).items():
+      try:
+        results["temp_mb"][f"{name}_k{k}"] = temp_mb(fn, spec, spec)
+      except Exception as e:
+        results["temp_mb"][f"{name}_k{k}"] = f"{type(e).__name__}"
+  print(
+    f"compiled temporary MB, ({b_}, {n}):",
+    {name: (round(v, 1) if isinstance(v, float) else v) for name, v in results["temp_mb"].items()},
+  )
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=1)

@@ -255,23 +255,54 @@ def test_recompute_vjp_with_ties_at_the_top(tau):
   np.testing.assert_allclose(ours, plain, atol=1e-5 * max(1.0, float(jnp.abs(plain).max())))
 
 
-@pytest.mark.parametrize("k", [3, 20])
-def test_cpu_row_blocks_equal_the_single_block_of_other_backends(k, key, monkeypatch):
+# Options of the non-CPU path tried on a GPU (benchmarks/bench_gpu_variants.py).
+_STEP_VARIANTS = [{}, {"lazy_runner_up": False, "unroll": 16}]
+
+
+@pytest.mark.parametrize("step_options", _STEP_VARIANTS)
+@pytest.mark.parametrize("materialize", [True, False])
+@pytest.mark.parametrize("k", [3, 20, 40])
+def test_cpu_row_blocks_equal_the_single_block_of_other_backends(
+  k, materialize, step_options, key, monkeypatch
+):
   """CPU runs rows in padded cache-sized blocks, GPU/TPU in one block: same values."""
   from subsets_jax._src import relaxed_topk as rt
 
   monkeypatch.setattr(rt, "_CHUNK_BYTES", 3 * 50 * 4)  # at most 3 rows of 50 per block
   assert rt._block_shape(jnp.zeros((7, 50)), k, blocked=True)[1] >= 3
+  # Off CPU, one block up to k = 16, two (ragged: 4 + 3 rows) at k = 40.
+  assert rt._block_shape(jnp.zeros((7, 50)), k, blocked=False)[1] == (1 if k <= 16 else 2)
   b0 = jax.random.normal(key, (7, 50)) * 3
   b0 = (b0 - b0.max(-1, keepdims=True)).at[:, 4].set(-jnp.inf)
+  b0 = b0.at[2, 9].set(80.0)  # a dominant item whose others underflow: the runner-up gap
   total_bar = jax.random.normal(jax.random.fold_in(key, 1), (7, 50))
   tau = jnp.float32(0.7)
   results = []
-  for blocked in (True, False):
-    total, aux = rt._forward_rows(b0, tau, k, blocked=blocked)
-    results.append((total, aux, *rt._backward_rows(b0, total_bar, aux, tau, k, blocked=blocked)))
+  for blocked, options in ((True, {}), (False, step_options)):
+    total, aux = rt._forward_rows(b0, tau, k, blocked=blocked, **options)
+    grads = rt._backward_rows(b0, total_bar, aux, tau, k, blocked=blocked, materialize=materialize)
+    results.append((total, aux, *grads))
   for ours, single in zip(*results, strict=True):
     np.testing.assert_allclose(ours, single, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_recompute_memory_does_not_grow_with_k(blocked):
+  """Compiled temporary memory of forward + backward, k = 256 against k = 8: at most 2x."""
+  from subsets_jax._src import relaxed_topk as rt
+
+  def fwd_bwd(b0, total_bar, k):
+    tau = jnp.float32(1.0)
+    total, aux = rt._forward_rows(b0, tau, k, blocked=blocked)
+    return total, rt._backward_rows(b0, total_bar, aux, tau, k, blocked=blocked)
+
+  spec = jax.ShapeDtypeStruct((64, 4096), jnp.float32)
+  temp = {
+    k: jax.jit(fwd_bwd, static_argnums=2).lower(spec, spec, k).compile().memory_analysis()
+    for k in (8, 256)
+  }
+  ratio = temp[256].temp_size_in_bytes / temp[8].temp_size_in_bytes
+  assert ratio <= 2.0, ratio
 
 
 # ---------------------------------------------------------------- composition

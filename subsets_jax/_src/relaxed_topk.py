@@ -156,15 +156,17 @@ def _segments(k: int) -> tuple[int, int]:
   return length, -(-k // length)
 
 
-def _block_backward(b0, total_bar, aux, tau, k):
+def _block_backward(b0, total_bar, aux, tau, k, materialize=True):
   """VJP of `_block_forward(b0, tau, k)[0]`, replaying the states from the stored scalars.
 
   k <= 16: the k steps' p are replayed (elementwise) and walked backwards. Larger k:
   one replay keeps the S = ceil(k / 16) segment-start states, and each segment, last
   first, is replayed into its 16 steps' p and walked backwards. At most S + 16 arrays
   are held. Within a segment the steps are unrolled: XLA:CPU copies arrays stacked by
-  a scan.
+  a scan. `materialize=False` drops the optimisation barriers that keep XLA from
+  re-fusing the chain (an experiment for GPUs, benchmarks/bench_gpu_variants.py).
   """
+  barrier = jax.lax.optimization_barrier if materialize else lambda x: x
   length, count = _segments(k)
   # Padding steps replay as the identity: m = +inf gives p = 0 and log(1 - p) = 0.
   identity = jnp.zeros((length * count - k, *aux.shape[1:]), aux.dtype).at[:, 0].set(jnp.inf)
@@ -176,9 +178,9 @@ def _block_backward(b0, total_bar, aux, tau, k):
     for i in range(length):
       # Materialise p and b: otherwise XLA fuses the elementwise chain into every
       # consumer and recomputes it, O(L^2) transcendentals.
-      p = jax.lax.optimization_barrier(_probs(b, seg_aux[i]))
+      p = barrier(_probs(b, seg_aux[i]))
       probs.append(p)
-      b = jax.lax.optimization_barrier(_advance(b, p, seg_aux[i], tau))
+      b = barrier(_advance(b, p, seg_aux[i], tau))
     return b, probs
 
   def walk_back(carry, xs):
@@ -187,7 +189,7 @@ def _block_backward(b0, total_bar, aux, tau, k):
     b_bar, tau_bar = carry
     for i in reversed(range(length)):
       b_bar, tau_bar_step = _step_vjp(probs[i], seg_aux[i], tau, b_bar, total_bar)
-      b_bar = jax.lax.optimization_barrier(b_bar)
+      b_bar = barrier(b_bar)
       tau_bar = tau_bar + tau_bar_step
     return (b_bar, tau_bar), None
 
@@ -201,17 +203,20 @@ def _block_backward(b0, total_bar, aux, tau, k):
 def _block_shape(x: jax.Array, k: int, blocked: bool) -> tuple[int, int]:
   """(rows per block, number of blocks) for `[r, n]` rows.
 
-  Blocked (CPU): about _CHUNK_BYTES per block, less for large k so that the backward's
-  held arrays (`_block_backward`) stay under 16 blocks' worth: memory does not grow
-  with k. Otherwise (GPU, TPU: blocks would serialise the work) one block of all rows.
+  The backward holds `held = L + S` arrays of a block (`_block_backward`, S = 0 for one
+  segment); blocks get fewer rows as k grows so that this stays within 16 blocks' worth:
+  memory does not grow with k. Blocked (CPU): about _CHUNK_BYTES per block, so the k
+  passes over a block hit the cache. Otherwise (GPU, TPU: small blocks would serialise
+  the work) all rows in one block for k <= 16, and ceil(held / 16) blocks beyond.
   """
   r, n = x.shape
-  if not blocked:
-    return r, 1
   length, count = _segments(k)
   held = length + (count if count > 1 else 0)
-  budget = min(_CHUNK_BYTES, _CHUNK_BYTES * _SEGMENT // held)
-  rows = max(1, min(r, budget // (n * x.dtype.itemsize)))
+  if blocked:
+    budget = min(_CHUNK_BYTES, _CHUNK_BYTES * _SEGMENT // held)
+    rows = max(1, min(r, budget // (n * x.dtype.itemsize)))
+  else:
+    rows = -(-r // -(-held // _SEGMENT))
   return rows, -(-r // rows)
 
 
@@ -245,7 +250,7 @@ def _forward_rows(b0, tau, k, *, blocked, **step_options):
   return _from_blocks(total, r), aux
 
 
-def _backward_rows(b0, total_bar, aux, tau, k, *, blocked):
+def _backward_rows(b0, total_bar, aux, tau, k, *, blocked, **replay_options):
   r = b0.shape[0]
   rows, count = _block_shape(b0, k, blocked)
   # Padding rows replay as the identity: a shift of +inf gives p = 0.
@@ -253,7 +258,7 @@ def _backward_rows(b0, total_bar, aux, tau, k, *, blocked):
   aux = aux.at[:, 0, r:].set(jnp.inf)
   aux = jnp.moveaxis(aux.reshape(k, aux.shape[1], count, rows, 1), 2, 0)
   blocks = (_to_blocks(b0, rows, count), _to_blocks(total_bar, rows, count), aux)
-  b0_bar, tau_bar = jax.lax.map(lambda xs: _block_backward(*xs, tau, k), blocks)
+  b0_bar, tau_bar = jax.lax.map(lambda xs: _block_backward(*xs, tau, k, **replay_options), blocks)
   return _from_blocks(b0_bar, r), jnp.sum(tau_bar).astype(tau.dtype)
 
 
