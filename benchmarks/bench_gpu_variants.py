@@ -4,19 +4,24 @@
 
 On the default (non-CPU) path the library runs all rows as one block. Per case this
 times the noise-free forward on `(scores - row max) / tau` rows:
-  xla          the library's forward (runner-up reduction under `lax.cond`)
-  xla_eager    the runner-up always reduced (no `lax.cond`, hence no host round trip)
-  xla_unroll   as xla_eager, the k-step scan unrolled (by up to 16 steps)
+  xla          the library's non-CPU forward: no `lax.cond`, scan unrolled by <= 16 steps
+  xla_cond     the CPU's step options: runner-up reduction under `lax.cond` (on a GPU a
+               host round trip per step), rolled scan (the non-CPU default until run 2)
+  xla_eager    the runner-up always reduced, rolled scan
   pallas_*     benchmarks/pallas_forward.py, one program per row (chunk, warps)
 and forward+backward (`sum(w * soft_topk(scores))`, value and gradient):
-  lib_fwd_bwd                 the library (`vjp="recompute"`)
-  autodiff_fwd_bwd            `vjp="autodiff"` (scan autodiff; stores k states)
-  eager_unroll[_nobarrier]    xla_unroll's forward, the library's analytic backward with
-                              (without) the optimisation barriers that materialise the replay
-  pallas[_nobarrier]          the Pallas forward, the same backward
+  lib_fwd_bwd          the library (`vjp="recompute"`; off CPU: the backward replays without
+                       optimisation barriers)
+  autodiff_fwd_bwd     `vjp="autodiff"` (scan autodiff; stores k states)
+  cpu_options_fwd_bwd  xla_cond's forward, the analytic backward with barriers (the CPU's
+                       way; the non-CPU default until run 2)
+  barrier_fwd_bwd      xla's forward, the backward with barriers
+  pallas_fwd_bwd       the Pallas forward, the library's backward
 then the compiled temporary memory of each at k = 8 and 256. Each variant's values are
 checked against the library's before timing. Meant for a GPU; on CPU use `--interpret`
-to smoke-test.
+to smoke-test. Run 2 (results/variants_gpu2.json) used other names: xla there is xla_cond
+here, xla_unroll there is xla here; eager_unroll_nobarrier there is lib here,
+eager_unroll there is barrier here, lib there is cpu_options here.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from subsets_jax._src import relaxed_topk
 CASES = [(100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
 SMOKE_CASES = [(4, 300, 5)]
 TAU = 1.0
-PALLAS_CONFIGS = [(2048, 8), (4096, 16), (8192, 32)]  # (chunk, num_warps)
+PALLAS_CONFIGS = [(4096, 16), (8192, 32)]  # (chunk, num_warps)
 
 
 def xla_forward(k, **options):
@@ -86,14 +91,14 @@ def fwd_bwd_variants(k, interpret, pallas_config):
   pallas_rows = functools.partial(
     pallas_forward.forward_rows, tau=TAU, k=k, chunk=chunk, num_warps=warps, interpret=interpret
   )
-  eager_unrolled = xla_rows(k, lazy_runner_up=False, unroll=min(k, 16))
   return {
     "lib_fwd_bwd": soft("recompute"),
     "autodiff_fwd_bwd": soft("autodiff"),
-    "eager_unroll_fwd_bwd": composed_fwd_bwd(k, eager_unrolled),
-    "eager_unroll_nobarrier_fwd_bwd": composed_fwd_bwd(k, eager_unrolled, materialize=False),
-    "pallas_fwd_bwd": composed_fwd_bwd(k, pallas_rows),
-    "pallas_nobarrier_fwd_bwd": composed_fwd_bwd(k, pallas_rows, materialize=False),
+    "cpu_options_fwd_bwd": composed_fwd_bwd(
+      k, xla_rows(k, lazy_runner_up=True, unroll=1), materialize=True
+    ),
+    "barrier_fwd_bwd": composed_fwd_bwd(k, xla_rows(k), materialize=True),
+    "pallas_fwd_bwd": composed_fwd_bwd(k, pallas_rows, materialize=False),
   }
 
 
@@ -123,8 +128,8 @@ def main() -> None:
     b = jax.block_until_ready(pallas_forward.scaled_rows(scores, TAU))
     fwd = {
       "xla": xla_forward(k),
-      "xla_eager": xla_forward(k, lazy_runner_up=False),
-      "xla_unroll": xla_forward(k, lazy_runner_up=False, unroll=min(k, 16)),
+      "xla_cond": xla_forward(k, lazy_runner_up=True, unroll=1),
+      "xla_eager": xla_forward(k, lazy_runner_up=False, unroll=1),
     }
     for chunk, warps in configs:
       fwd[f"pallas_c{chunk}_w{warps}"] = functools.partial(

@@ -255,8 +255,8 @@ def test_recompute_vjp_with_ties_at_the_top(tau):
   np.testing.assert_allclose(ours, plain, atol=1e-5 * max(1.0, float(jnp.abs(plain).max())))
 
 
-# Options of the non-CPU path tried on a GPU (benchmarks/bench_gpu_variants.py).
-_STEP_VARIANTS = [{}, {"lazy_runner_up": False, "unroll": 16}]
+# The non-CPU path's defaults (no lax.cond, unrolled scan) and the CPU's step options.
+_STEP_VARIANTS = [{}, {"lazy_runner_up": True, "unroll": 1}]
 
 
 @pytest.mark.parametrize("step_options", _STEP_VARIANTS)
@@ -269,6 +269,7 @@ def test_cpu_row_blocks_equal_the_single_block_of_other_backends(
   from subsets_jax._src import relaxed_topk as rt
 
   monkeypatch.setattr(rt, "_CHUNK_BYTES", 3 * 50 * 4)  # at most 3 rows of 50 per block
+  monkeypatch.setattr(rt, "_DEVICE_HELD_BYTES", 0)  # off CPU, split as soon as k > 16
   assert rt._block_shape(jnp.zeros((7, 50)), k, blocked=True)[1] >= 3
   # Off CPU, one block up to k = 16, two (ragged: 4 + 3 rows) at k = 40.
   assert rt._block_shape(jnp.zeros((7, 50)), k, blocked=False)[1] == (1 if k <= 16 else 2)
@@ -286,10 +287,31 @@ def test_cpu_row_blocks_equal_the_single_block_of_other_backends(
     np.testing.assert_allclose(ours, single, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+  "shape,k,blocks",
+  [
+    ((16, 100_000), 64, 1),
+    ((100, 10_000), 256, 1),
+    ((1000, 60_000), 9, 1),
+    ((1000, 60_000), 64, 2),
+  ],
+)
+def test_off_cpu_rows_split_only_when_the_backward_would_hold_much(shape, k, blocks):
+  """Off CPU: one block (full parallelism) until 16 + k/16 arrays pass max(16 arrays, 256 MiB)."""
+  from subsets_jax._src import relaxed_topk as rt
+
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  assert rt._block_shape(x, k, blocked=False)[1] == blocks
+
+
 @pytest.mark.parametrize("blocked", [True, False])
-def test_recompute_memory_does_not_grow_with_k(blocked):
+def test_recompute_memory_does_not_grow_with_k(blocked, monkeypatch):
   """Compiled temporary memory of forward + backward, k = 256 against k = 8: at most 2x."""
   from subsets_jax._src import relaxed_topk as rt
+
+  # Off CPU the rows are split only once the held arrays pass this bound (256 MiB by
+  # default, 32 MiB here at k = 256); lowered here so that a small problem shows it.
+  monkeypatch.setattr(rt, "_DEVICE_HELD_BYTES", 2**20)
 
   def fwd_bwd(b0, total_bar, k):
     tau = jnp.float32(1.0)
