@@ -49,7 +49,12 @@ def main() -> None:
     def step(batch=batch, holder=holder):
       holder["i"] += 1
       holder["state"], metrics = training.train_step_jit(
-        holder["state"], batch, jax.random.key(holder["i"]), jnp.float32(1.0), k=9
+        holder["state"],
+        batch,
+        jax.random.key(holder["i"]),
+        jnp.float32(1.0),
+        k=9,
+        separate_passes=training.prefers_separate_passes(mesh),
       )
       jax.block_until_ready(metrics)
 

@@ -67,6 +67,7 @@ def main() -> None:
         jnp.float32(1.0),
         k=9,
         num_samples=num_samples,
+        separate_passes=training.prefers_separate_passes(mesh),
       )
       jax.block_until_ready(metrics)
 

@@ -137,25 +137,26 @@ def create_train_state(
   )
 
 
-def _embed_pair(apply_fn, params, queries, neighbors):
-  """Embeddings of the queries and of the neighbours.
-
-  On CPU as two independent forward passes, which XLA:CPU can run side by side: the loss
-  gradient for 100 + 100 images took 43.5 instead of 48.7 ms on 2 cores (same process,
-  interleaved; benchmarks/README.md). Elsewhere as one batch (fewer, larger kernels).
-  """
-
-  def separate(params, queries, neighbors):
+def _embed_pair(apply_fn, params, queries, neighbors, separate: bool):
+  """Embeddings of the queries and of the neighbours: one batch, or two independent passes."""
+  if separate:
     return apply_fn({"params": params}, queries), apply_fn({"params": params}, neighbors)
-
-  def together(params, queries, neighbors):
-    emb = apply_fn({"params": params}, jnp.concatenate([queries, neighbors]))
-    return emb[: queries.shape[0]], emb[queries.shape[0] :]
-
-  return jax.lax.platform_dependent(params, queries, neighbors, cpu=separate, default=together)
+  emb = apply_fn({"params": params}, jnp.concatenate([queries, neighbors]))
+  return emb[: queries.shape[0]], emb[queries.shape[0] :]
 
 
-def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False):
+def prefers_separate_passes(mesh) -> bool:
+  """Whether `train_step(..., separate_passes=True)` is the faster choice on `mesh`.
+
+  True for one CPU device: XLA:CPU runs the two independent passes side by side, 49.1
+  -> 38.4 ms per step on 2 cores. With one device per core (`--host_devices 2`) the two
+  smaller passes were slower (32.0 -> 38.7 ms); on accelerators one batch means fewer,
+  larger kernels. (Interleaved A/B, 100 + 100 images, k = 9; benchmarks/README.md.)
+  """
+  return mesh.size == 1 and mesh.devices.flat[0].platform == "cpu"
+
+
+def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False, separate_passes=False):
   """One SGD step on the dKNN loss averaged over `num_samples` Gumbel draws (vmapped).
 
   Args:
@@ -165,6 +166,8 @@ def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False):
     key: PRNG key for this step's Gumbel noise.
     tau: temperature (traced: annealing it does not recompile).
     k, num_samples, hard: static hyperparameters of the loss.
+    separate_passes: embed queries and neighbours in two independent forward
+      passes instead of one batch (same values; see `prefers_separate_passes`).
 
   Returns:
     The new state and a dict of metrics: `loss` and `top_k_correctness`
@@ -173,7 +176,7 @@ def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False):
 
   def loss_fn(params):
     query_emb, neighbor_emb = _embed_pair(
-      state.apply_fn, params, batch["query_images"], batch["neighbor_images"]
+      state.apply_fn, params, batch["query_images"], batch["neighbor_images"], separate_passes
     )
     return dknn_loss(
       key,
@@ -191,7 +194,9 @@ def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False):
   return state.apply_gradients(grads=grads), {"loss": loss, "top_k_correctness": -loss / k}
 
 
-train_step_jit = jax.jit(train_step, static_argnames=("k", "num_samples", "hard"), donate_argnums=0)
+train_step_jit = jax.jit(
+  train_step, static_argnames=("k", "num_samples", "hard", "separate_passes"), donate_argnums=0
+)
 
 
 @jax.jit
@@ -362,6 +367,7 @@ def train_and_evaluate(
   )
   log(f"devices: {mesh.size} x {mesh.devices.flat[0].platform} (data parallel)")
   state = sharding.replicate(state, mesh)
+  separate_passes = prefers_separate_passes(mesh)
 
   def knn_accuracy(state, images, labels):
     """The training split is the neighbour bank, as in the reference."""
@@ -396,7 +402,14 @@ def train_and_evaluate(
       batch = sharding.shard_batch(batch, mesh)
       key = jax.random.fold_in(noise_key, epoch * steps_per_epoch + i)
       state, metrics = train_step_jit(
-        state, batch, key, tau, k=config.k, num_samples=config.num_samples, hard=config.hard
+        state,
+        batch,
+        key,
+        tau,
+        k=config.k,
+        num_samples=config.num_samples,
+        hard=config.hard,
+        separate_passes=separate_passes,
       )
       metrics = jax.device_get(metrics)
       losses.append(float(metrics["loss"]))

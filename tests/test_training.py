@@ -121,11 +121,11 @@ def test_example_help_lists_flags():
 
 
 def test_query_and_neighbor_embeddings_equal_one_batch_pass():
-  """The train step embeds queries and neighbours separately on CPU: same as one batch."""
+  """`train_step(..., separate_passes=True)` embeds in two passes: same as one batch."""
   state = training.create_train_state(jax.random.key(0), DIGITS, (28, 28, 1), 10)
   images = jax.random.uniform(jax.random.key(1), (7, 28, 28, 1))
-  query_emb, neighbor_emb = jax.jit(training._embed_pair, static_argnums=0)(
-    state.apply_fn, state.params, images[:3], images[3:]
+  query_emb, neighbor_emb = jax.jit(training._embed_pair, static_argnums=(0, 4))(
+    state.apply_fn, state.params, images[:3], images[3:], True
   )
   together = state.apply_fn({"params": state.params}, images)
   np.testing.assert_allclose(query_emb, together[:3], rtol=1e-5, atol=1e-6)
