@@ -167,8 +167,8 @@ def _block_backward(b0, total_bar, aux, tau, k, materialize=True):
   one replay keeps the S = ceil(k / 16) segment-start states, and each segment, last
   first, is replayed into its 16 steps' p and walked backwards. At most S + 16 arrays
   are held. Within a segment the steps are unrolled: XLA:CPU copies arrays stacked by
-  a scan. `materialize=False` drops the optimisation barriers that keep XLA from
-  re-fusing the chain (an experiment for GPUs, benchmarks/bench_gpu_variants.py).
+  a scan. `materialize` keeps the optimisation barriers that stop XLA:CPU from
+  re-fusing the chain (the CPU's default; off CPU the backward is faster without them).
   """
   barrier = jax.lax.optimization_barrier if materialize else lambda x: x
   length, count = _segments(k)
@@ -180,7 +180,7 @@ def _block_backward(b0, total_bar, aux, tau, k, materialize=True):
     """The segment's end state and the p of each of its steps."""
     probs = []
     for i in range(length):
-      # Materialise p and b: otherwise XLA fuses the elementwise chain into every
+      # Materialise p and b (CPU): otherwise XLA fuses the elementwise chain into every
       # consumer and recomputes it, O(L^2) transcendentals.
       p = barrier(_probs(b, seg_aux[i]))
       probs.append(p)
