@@ -39,7 +39,7 @@ import numpy as np
 
 import subsets_jax as sj
 from benchmarks import pallas_forward
-from benchmarks.common import median_times
+from benchmarks.common import compiled_temp_bytes, median_times
 from subsets_jax._src import relaxed_topk
 
 CASES = [(100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
@@ -100,10 +100,6 @@ def fwd_bwd_variants(k, interpret, pallas_config):
     "barrier_fwd_bwd": composed_fwd_bwd(k, xla_rows(k), materialize=True),
     "pallas_fwd_bwd": composed_fwd_bwd(k, pallas_rows, materialize=False),
   }
-
-
-def temp_mb(fn, *args) -> float:
-  return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
 
 
 def main() -> None:
@@ -174,7 +170,7 @@ def main() -> None:
   for k in (8, 256):
     for name, fn in fwd_bwd_variants(k, args.interpret, configs[0]).items():
       try:
-        results["temp_mb"][f"{name}_k{k}"] = temp_mb(fn, spec, spec)
+        results["temp_mb"][f"{name}_k{k}"] = compiled_temp_bytes(fn, spec, spec) / 2**20
       except Exception as e:
         results["temp_mb"][f"{name}_k{k}"] = f"{type(e).__name__}"
   print(

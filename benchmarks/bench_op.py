@@ -26,6 +26,7 @@ import subsets_jax as sj
 from benchmarks.common import (
   add_host_devices_flag,
   add_torch_device_flag,
+  compiled_temp_bytes,
   median_time,
   median_times,
   restart_for_timing,
@@ -73,11 +74,10 @@ def roofline_floor(b, n, k, ceilings, backward: bool) -> float:
   )
 
 
-def compiled_temp_bytes(b, n, k, vjp) -> int:
+def fwd_bwd_temp_bytes(b, n, k, vjp) -> int:
   _, fwd_bwd = jax_fns(k, vjp)
   s = jax.ShapeDtypeStruct((b, n), jnp.float32)
-  compiled = fwd_bwd.lower(s, jax.random.key(0), s).compile()
-  return int(compiled.memory_analysis().temp_size_in_bytes)
+  return compiled_temp_bytes(fwd_bwd, s, jax.random.key(0), s)
 
 
 def main() -> None:
@@ -186,7 +186,7 @@ def main() -> None:
   for vjp in ("recompute", "autodiff"):
     line = {"vjp": vjp}
     for k in (1, 8, 64, 256):
-      line[k] = compiled_temp_bytes(100, 10000, k, vjp) / 2**20
+      line[k] = fwd_bwd_temp_bytes(100, 10000, k, vjp) / 2**20
     results["memory"].append(line)
     print(
       f"  {vjp:>9}: "

@@ -16,10 +16,8 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 
-from benchmarks.common import median_time, restart_for_timing, synthetic_batch
-from subsets_jax import dknn_training as training
+from benchmarks.common import median_time, restart_for_timing, synthetic_batch, timed_jax_train_step
 from subsets_jax._src import sharding
 
 
@@ -39,25 +37,7 @@ def main() -> None:
   }
   for count in args.devices:
     mesh = sharding.data_mesh(count, divides=(100,))
-    state = sharding.replicate(
-      training.create_train_state(jax.random.key(0), training.TrainConfig(), (28, 28, 1), 550),
-      mesh,
-    )
-    batch = sharding.shard_batch(host_batch, mesh)
-    holder = {"state": state, "i": 0}
-
-    def step(batch=batch, holder=holder):
-      holder["i"] += 1
-      holder["state"], metrics = training.train_step_jit(
-        holder["state"],
-        batch,
-        jax.random.key(holder["i"]),
-        jnp.float32(1.0),
-        k=9,
-        separate_passes=training.prefers_separate_passes(mesh),
-      )
-      jax.block_until_ready(metrics)
-
+    step = timed_jax_train_step(mesh, sharding.shard_batch(host_batch, mesh))
     results["step_s"][count] = median_time(step, args.steps, warmup=3)
     print(f"{count} device(s): {results['step_s'][count] * 1e3:.1f} ms per step")
   base = results["step_s"][args.devices[0]]

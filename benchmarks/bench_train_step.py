@@ -16,7 +16,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import (
@@ -26,6 +25,7 @@ from benchmarks.common import (
   median_times,
   restart_for_timing,
   synthetic_batch,
+  timed_jax_train_step,
 )
 from subsets_jax import dknn_training as training
 from subsets_jax._src import sharding
@@ -52,26 +52,9 @@ def main() -> None:
     "jax_devices": mesh.size,
   }
   config = training.TrainConfig()
-  steps = {}
-  for num_samples in (1, 5):
-    state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 550)
-    state = sharding.replicate(state, mesh)
-    holder = {"state": state, "i": 0}
-
-    def jax_step(num_samples=num_samples, holder=holder):
-      holder["i"] += 1
-      holder["state"], metrics = training.train_step_jit(
-        holder["state"],
-        batch,
-        jax.random.key(holder["i"]),
-        jnp.float32(1.0),
-        k=9,
-        num_samples=num_samples,
-        separate_passes=training.prefers_separate_passes(mesh),
-      )
-      jax.block_until_ready(metrics)
-
-    steps[f"jax_step_s_samples{num_samples}"] = jax_step
+  steps = {
+    f"jax_step_s_samples{s}": timed_jax_train_step(mesh, batch, num_samples=s) for s in (1, 5)
+  }
   if not args.no_torch:
     import torch
 

@@ -45,6 +45,11 @@ def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> di
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def compiled_temp_bytes(fn, *args) -> int:
+  """Temporary bytes of jitted `fn` compiled for `args` (arrays or ShapeDtypeStructs)."""
+  return int(fn.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+
+
 def synthetic_batch(seed: int = 0, size: int = 100) -> dict[str, np.ndarray]:
   """`size` queries and `size` neighbours of MNIST shape, random pixels and labels."""
   rng = np.random.default_rng(seed)
@@ -56,6 +61,33 @@ def synthetic_batch(seed: int = 0, size: int = 100) -> dict[str, np.ndarray]:
     "neighbor_images": images[size:],
     "neighbor_labels": labels[size:],
   }
+
+
+def timed_jax_train_step(mesh, batch, *, num_samples: int = 1):
+  """A no-argument call of one jitted dKNN train step (k = 9, tau = 1) on `mesh`, waiting
+  for it; each call draws fresh noise. Fresh replicated state, reference configuration."""
+  import jax
+  import jax.numpy as jnp
+
+  from subsets_jax import dknn_training as training
+
+  state = training.create_train_state(jax.random.key(0), training.TrainConfig(), (28, 28, 1), 550)
+  holder = {"state": sharding.replicate(state, mesh), "i": 0}
+
+  def step():
+    holder["i"] += 1
+    holder["state"], metrics = training.train_step_jit(
+      holder["state"],
+      batch,
+      jax.random.key(holder["i"]),
+      jnp.float32(1.0),
+      k=9,
+      num_samples=num_samples,
+      separate_passes=training.prefers_separate_passes(mesh),
+    )
+    jax.block_until_ready(metrics)
+
+  return step
 
 
 def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:

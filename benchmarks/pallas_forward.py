@@ -27,9 +27,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from subsets_jax._src import relaxed_topk
+
 # The library's floor on the other items' weight (float32), below which the runner-up
 # gap stands in for log(1 - p_top).
-_OTHERS_FLOOR = 1e-28
+_OTHERS_FLOOR = relaxed_topk._OTHERS_FLOOR[jnp.dtype(jnp.float32)]
 
 
 def _chunk_stats(b, valid):
@@ -140,10 +142,7 @@ def forward_rows(b0, tau, k, *, chunk=2048, num_warps=8, interpret=False):
 
 def scaled_rows(scores, tau):
   """The library's input transform: `(scores - row max) / tau`, -inf kept."""
-  alive = jnp.isfinite(scores)
-  row_max = jnp.max(jnp.where(alive, scores, -jnp.inf), axis=-1, keepdims=True)
-  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0)
-  return jnp.where(alive, (jnp.where(alive, scores, 0) - row_max) / tau, -jnp.inf)
+  return relaxed_topk._scaled_rows(scores, jnp.asarray(tau, scores.dtype))
 
 
 def soft_topk(scores, k, tau=1.0, **kwargs):

@@ -316,8 +316,8 @@ _recursion_recompute.defvjp(_recursion_fwd, _recursion_bwd)
 _VJP_MODES = ("recompute", "autodiff")
 
 
-def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array, vjp: str) -> jax.Array:
-  """`soft_topk` on validated input already in the compute dtype."""
+def _scaled_rows(scores: jax.Array, tau: jax.Array) -> jax.Array:
+  """`(scores - row max) / tau`, `-inf` kept: the recursion's input `b`."""
   alive = jnp.isfinite(scores)
   neg_inf = jnp.array(-jnp.inf, scores.dtype)
   row_max = jnp.max(jnp.where(alive, scores, neg_inf), axis=-1, keepdims=True)
@@ -325,7 +325,12 @@ def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array, vjp: str) -> jax.
   # dividing by tau keeps exp in range at any score scale.
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0))
   # Divide finite values only: -inf / tau would give NaN in the gradient w.r.t. tau.
-  b = jnp.where(alive, (jnp.where(alive, scores, 0) - row_max) / tau, neg_inf)
+  return jnp.where(alive, (jnp.where(alive, scores, 0) - row_max) / tau, neg_inf)
+
+
+def _soft_topk_core(scores: jax.Array, k: int, tau: jax.Array, vjp: str) -> jax.Array:
+  """`soft_topk` on validated input already in the compute dtype."""
+  b = _scaled_rows(scores, tau)
   rows = b.reshape(-1, b.shape[-1])
   if vjp == "recompute":
     return _recursion_recompute(rows, tau, k).reshape(b.shape)
