@@ -70,9 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--host_devices",
     type=int,
-    default=1,
+    default=None,
     help="split the CPU into this many JAX devices and train data-parallel across them "
-    "(restarts the script with XLA_FLAGS set; on a 2-core CPU, 2 roughly halves the step time)",
+    "(restarts the script with XLA_FLAGS set). Default: one per CPU core, at most 8 (1 with "
+    "--multihost); on a 2-core CPU, 2 devices made the train step 1.4x faster than 1. "
+    "Inert where a GPU or TPU is the default backend",
   )
   p.add_argument(
     "--multihost",
@@ -88,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.host_devices is None:
+    args.host_devices = 1 if args.multihost else sharding.default_host_devices()
   if argv is None:
     sharding.reexec_with_host_devices(args.host_devices, sys.argv)
   if args.multihost:

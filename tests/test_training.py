@@ -1,6 +1,7 @@
 """End-to-end dKNN training: digits accuracy, exact resume, the example's CLI on MNIST."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -81,6 +82,11 @@ def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_
   assert (workdir / training.BEST).exists() and (workdir / training.LATEST).exists()
   first = _records(workdir)
   assert first[-1]["final"] and first[-1]["test_accuracy"] > 0.5
+  # Without --host_devices the script takes one CPU device per core (at most 8) and the
+  # mesh the most of them that divide the batch of 100.
+  cores = min(len(os.sched_getaffinity(0)), 8)
+  expected = max(d for d in range(1, cores + 1) if 100 % d == 0)
+  assert f"devices: {expected} x cpu" in run.stdout
   # Resume on 2 host devices: the script restarts itself with XLA_FLAGS and trains data-parallel.
   run = subprocess.run(
     [*base, "--epochs", "2", "--resume", "--host_devices", "2"],

@@ -150,6 +150,114 @@ def _block_forward(b0, tau, k, lazy_runner_up=True, unroll=1):
   return total, aux
 
 
+# On CPU the forward carries e = exp(b - m) from one step to the next (`_carried_forward`)
+# when tau is at least this; below it, each step shifts by its exact maximum.
+_CARRIED_TAU_MIN = 1 / 16
+
+
+def _shifted_step(b: jax.Array, e: jax.Array, m: jax.Array, tau: jax.Array):
+  """`_step` (CPU form) given `e = exp(b - m)` for a per-row shift `m` near `max(b)`.
+
+  p = e / sum(e), through the stored scalars `aux = [m, 1 / sum(e), log1m_top,
+  inv_share]` (`_shifted_probs` redoes it bitwise). The dominant item's others and
+  the runner-up need two more passes, taken under a `lax.cond` only when a row has
+  an item with p > 1/2. Also returns `m_next`, a shift for `b_next` from these
+  scalars alone: no item gains, and items with p <= 1/2 lose at most log(2) / tau,
+  so `max(b_next)` lies in `[m_next - log(2) / tau, m_next]`.
+  """
+  neg_inf = jnp.array(-jnp.inf, b.dtype)
+  s = jnp.sum(e, axis=-1, keepdims=True)
+  e_max = jnp.max(e, axis=-1, keepdims=True)
+  inv_s = 1 / jnp.where(s > 0, s, 1)
+  p = e * inv_s
+  # The top item's own p, bitwise: a row has a dominant item exactly when this is > 1/2.
+  dominant_row = e_max * inv_s > 0.5
+
+  def dominant_terms():
+    is_top = e == e_max
+    others = jnp.sum(jnp.where(is_top, 0, e), axis=-1, keepdims=True)
+    return others, jnp.max(jnp.where(is_top, neg_inf, b), axis=-1, keepdims=True)
+
+  others, runner_up = jax.lax.cond(
+    jnp.any(dominant_row), dominant_terms, lambda: (s, jnp.full_like(s, -jnp.inf))
+  )
+  e_max_safe = jnp.where(e_max > 0, e_max, 1)
+  top = m + jnp.log(e_max_safe)
+  use_log = others > _OTHERS_FLOOR[jnp.dtype(b.dtype)] * e_max
+  # As in `_step`: the runner-up gap stands in where the others underflow; at ties
+  # (s >= 2 e_max) gap = 0 gives log(1 - p_top) = log(e_max / s), about log(1/2).
+  needs_gap = ~use_log & (s < 2 * e_max) & jnp.isfinite(runner_up)
+  gap = jnp.where(needs_gap, runner_up - top, 0)
+  log_inv_s = jnp.log(inv_s)
+  log1m_top = jnp.where(use_log, jnp.log(jnp.where(use_log, others, 1)), gap + jnp.log(e_max_safe))
+  log1m_top = log1m_top + log_inv_s
+  log1m = _log1m_step(p, log1m_top)
+  inv_share = jnp.where(use_log, jnp.exp(-jnp.where(use_log, log1m_top, 0)), 0)
+  b_next = b + log1m / tau
+  # The dominant item drops to top + log1m_top / tau; the others stay below the runner-up.
+  m_next = jnp.where(dominant_row, jnp.maximum(top + log1m_top / tau, runner_up), top)
+  m_next = jnp.where(e_max > 0, m_next, m)
+  aux = jnp.stack([m, inv_s, log1m_top, inv_share])
+  return b_next, p, aux, m_next
+
+
+def _shifted_probs(b: jax.Array, aux: jax.Array) -> jax.Array:
+  """`_shifted_step`'s p from its stored scalars, by the same operations (bitwise equal)."""
+  return jnp.exp(b - aux[0]) * aux[1]
+
+
+def _row_max(b: jax.Array) -> jax.Array:
+  m = jnp.max(b, axis=-1, keepdims=True)
+  return jnp.where(jnp.isfinite(m), m, 0)
+
+
+def _carried_forward(b0, tau, k):
+  """k `_shifted_step`s carrying e = exp(b - m), m the previous step's `m_next`.
+
+  One pass writes b, the running sum and the next e; two reductions read e. With
+  tau >= 1/16 the top item of each row keeps e >= 2^-16, far from underflow.
+  """
+
+  def body(carry, _):
+    b, total, e, m = carry
+    b, p, aux, m = _shifted_step(b, e, m, tau)
+    return (b, total + p, jnp.exp(b - m), m), aux
+
+  m0 = _row_max(b0)
+  init = (b0, jnp.zeros_like(b0), jnp.exp(b0 - m0), m0)
+  (_, total, _, _), aux = jax.lax.scan(body, init, None, length=k)
+  return total, aux
+
+
+def _exact_forward(b0, tau, k):
+  """k `_shifted_step`s, each shifted by its row's exact maximum (any tau)."""
+
+  def body(carry, _):
+    b, total = carry
+    m = _row_max(b)
+    b, p, aux, _ = _shifted_step(b, jnp.exp(b - m), m, tau)
+    return (b, total + p), aux
+
+  (_, total), aux = jax.lax.scan(body, (b0, jnp.zeros_like(b0)), None, length=k)
+  return total, aux
+
+
+def _block_forward_cpu(b0, tau, k):
+  """`_block_forward`'s sum on CPU, with `_shifted_step`'s scalars (for `_shifted_probs`).
+
+  Carrying e saves a reduction and an `exp` pass per step: forward 50-57 -> 34-40 ms
+  at (100, 60000, 9) on 2 cores (benchmarks/README.md). Small tau can drop a row's
+  maximum by more than 2^16 in one step, so there every step takes its exact maximum.
+  """
+  return jax.lax.cond(
+    tau >= _CARRIED_TAU_MIN,
+    functools.partial(_carried_forward, k=k),
+    functools.partial(_exact_forward, k=k),
+    b0,
+    tau,
+  )
+
+
 # The backward pass replays at most this many steps at a time.
 _SEGMENT = 16
 
@@ -160,7 +268,7 @@ def _segments(k: int) -> tuple[int, int]:
   return length, -(-k // length)
 
 
-def _block_backward(b0, total_bar, aux, tau, k, materialize=True):
+def _block_backward(b0, total_bar, aux, tau, k, materialize=True, probs=_probs):
   """VJP of `_block_forward(b0, tau, k)[0]`, replaying the states from the stored scalars.
 
   k <= 16: the k steps' p are replayed (elementwise) and walked backwards. Larger k:
@@ -169,6 +277,7 @@ def _block_backward(b0, total_bar, aux, tau, k, materialize=True):
   are held. Within a segment the steps are unrolled: XLA:CPU copies arrays stacked by
   a scan. `materialize` keeps the optimisation barriers that stop XLA:CPU from
   re-fusing the chain (the CPU's default; off CPU the backward is faster without them).
+  `probs`: the forward's p from its scalars (`_probs`, or `_shifted_probs` on CPU).
   """
   barrier = jax.lax.optimization_barrier if materialize else lambda x: x
   length, count = _segments(k)
@@ -178,21 +287,21 @@ def _block_backward(b0, total_bar, aux, tau, k, materialize=True):
 
   def replay(b, seg_aux):
     """The segment's end state and the p of each of its steps."""
-    probs = []
+    ps = []
     for i in range(length):
       # Materialise p and b (CPU): otherwise XLA fuses the elementwise chain into every
       # consumer and recomputes it, O(L^2) transcendentals.
-      p = barrier(_probs(b, seg_aux[i]))
-      probs.append(p)
+      p = barrier(probs(b, seg_aux[i]))
+      ps.append(p)
       b = barrier(_advance(b, p, seg_aux[i], tau))
-    return b, probs
+    return b, ps
 
   def walk_back(carry, xs):
     b_start, seg_aux = xs
-    _, probs = replay(b_start, seg_aux)
+    _, ps = replay(b_start, seg_aux)
     b_bar, tau_bar = carry
     for i in reversed(range(length)):
-      b_bar, tau_bar_step = _step_vjp(probs[i], seg_aux[i], tau, b_bar, total_bar)
+      b_bar, tau_bar_step = _step_vjp(ps[i], seg_aux[i], tau, b_bar, total_bar)
       b_bar = barrier(b_bar)
       tau_bar = tau_bar + tau_bar_step
     return (b_bar, tau_bar), None
@@ -245,31 +354,41 @@ def _recursion_scan(b0, tau, k):
 
 # A block is one `[rows, n]` array rather than vmapped rows: batching the scans inside
 # would move axes and copy every stored state.
-def _forward_rows(b0, tau, k, *, blocked, lazy_runner_up=None, unroll=None):
+def _forward_rows(b0, tau, k, *, blocked, shifted=None, lazy_runner_up=None, unroll=None):
   """`_recursion_scan` block by block, and the steps' scalars `[k, 4, r, 1]`.
 
-  `lazy_runner_up` and `unroll` (`_block_forward`) default by platform. CPU: the
-  runner-up pass only under `lax.cond` when needed, a rolled scan. Elsewhere: no
-  `lax.cond` (on a GPU its predicate is a host round trip) and the scan unrolled by up
-  to 16 steps; measured on an H100 (benchmarks/README.md), forward 0.69 -> 0.53 ms at
-  (100, 60000, 9).
+  `shifted` (default: `blocked`, i.e. CPU): `_block_forward_cpu`, whose scalars are
+  read back by `_shifted_probs`; else `_block_forward` with `lazy_runner_up` and
+  `unroll`, which default to no `lax.cond` (on a GPU its predicate is a host round
+  trip) and the scan unrolled by up to 16 steps; measured on an H100
+  (benchmarks/README.md), forward 0.69 -> 0.53 ms at (100, 60000, 9).
   """
-  lazy_runner_up = blocked if lazy_runner_up is None else lazy_runner_up
-  unroll = (1 if blocked else min(k, _SEGMENT)) if unroll is None else unroll
+  shifted = blocked if shifted is None else shifted
+  lazy_runner_up = False if lazy_runner_up is None else lazy_runner_up
+  unroll = min(k, _SEGMENT) if unroll is None else unroll
+  if shifted:
+    forward = functools.partial(_block_forward_cpu, tau=tau, k=k)
+  else:
+    forward = functools.partial(
+      _block_forward, tau=tau, k=k, lazy_runner_up=lazy_runner_up, unroll=unroll
+    )
   r = b0.shape[0]
   rows, count = _block_shape(b0, k, blocked)
-  total, aux = jax.lax.map(
-    lambda b: _block_forward(b, tau, k, lazy_runner_up, unroll), _to_blocks(b0, rows, count)
-  )
+  total, aux = jax.lax.map(forward, _to_blocks(b0, rows, count))
   aux = jnp.moveaxis(aux, 0, 2).reshape(k, aux.shape[2], count * rows, 1)[:, :, :r]
   return _from_blocks(total, r), aux
 
 
-def _backward_rows(b0, total_bar, aux, tau, k, *, blocked, materialize=None):
-  """VJP of `_forward_rows` from its scalars. `materialize` (`_block_backward`) defaults
-  to the CPU's need for barriers; on an H100 the backward without them was faster
-  (forward+backward 1.62 -> 1.28 ms at (100, 60000, 9))."""
+def _backward_rows(b0, total_bar, aux, tau, k, *, blocked, shifted=None, materialize=None):
+  """VJP of `_forward_rows` (the same `blocked` and `shifted`) from its scalars.
+
+  `materialize` (`_block_backward`) defaults to the CPU's need for barriers; on an
+  H100 the backward without them was faster (forward+backward 1.62 -> 1.28 ms at
+  (100, 60000, 9)).
+  """
+  shifted = blocked if shifted is None else shifted
   materialize = blocked if materialize is None else materialize
+  probs = _shifted_probs if shifted else _probs
   r = b0.shape[0]
   rows, count = _block_shape(b0, k, blocked)
   # Padding rows replay as the identity: a shift of +inf gives p = 0.
@@ -277,7 +396,7 @@ def _backward_rows(b0, total_bar, aux, tau, k, *, blocked, materialize=None):
   aux = aux.at[:, 0, r:].set(jnp.inf)
   aux = jnp.moveaxis(aux.reshape(k, aux.shape[1], count, rows, 1), 2, 0)
   blocks = (_to_blocks(b0, rows, count), _to_blocks(total_bar, rows, count), aux)
-  b0_bar, tau_bar = jax.lax.map(lambda xs: _block_backward(*xs, tau, k, materialize), blocks)
+  b0_bar, tau_bar = jax.lax.map(lambda xs: _block_backward(*xs, tau, k, materialize, probs), blocks)
   return _from_blocks(b0_bar, r), jnp.sum(tau_bar).astype(tau.dtype)
 
 
@@ -363,13 +482,16 @@ def soft_topk(
 
   It runs as a `lax.scan` over the `k` steps carrying the running sum, O(k n)
   time and O(n) state per row. On CPU the rows go in blocks small enough (about
-  1 MiB) for the k passes to stay in cache; on other backends in one block, the
-  scan unrolled by up to 16 steps (the choice is made when the computation is
-  lowered, `lax.platform_dependent`).
+  1 MiB) for the k passes to stay in cache, and for `tau >= 1/16` each step
+  also carries `exp(a^j / tau - shift)` for the next, with a shift bounded from
+  the step's own scalars (one `exp` and two reductions per step instead of two
+  and three); on other backends in one block, the scan unrolled by up to 16
+  steps (the choice is made when the computation is lowered,
+  `lax.platform_dependent`).
 
   Gradients (`vjp`): "recompute" (default) is a custom VJP with an analytic
   backward. The forward stores only four scalars per row and step (the shift
-  and log-normaliser among them); the backward replays the steps from them
+  and normaliser among them); the backward replays the steps from them
   elementwise (no reductions), holding at most 16 + ceil(k / 16) arrays of one
   block of rows, with fewer rows per block for large k (off CPU only once those
   arrays pass 256 MiB): reverse-mode memory does not grow with k beyond that

@@ -51,6 +51,26 @@ def shard_batch(tree, mesh: Mesh):
   return jax.tree_util.tree_map(place, tree)
 
 
+# The most CPU devices `default_host_devices` asks for: data parallelism across cores was
+# measured on 2 cores only (benchmarks/README.md); more devices than this split the
+# per-step batches into slivers.
+_MAX_DEFAULT_HOST_DEVICES = 8
+
+
+def default_host_devices() -> int:
+  """One JAX CPU device per core this process may run on, at most 8.
+
+  XLA:CPU keeps only part of a 2-core CPU busy with the small dKNN ConvNet from one
+  device; one device per core, trained data-parallel, was 1.4x faster per step
+  (benchmarks/README.md). The flag only shapes the CPU backend, so it is harmless
+  where an accelerator is the default backend.
+  """
+  import os
+
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(cores or 1, _MAX_DEFAULT_HOST_DEVICES))
+
+
 def host_device_flag(count: int) -> str:
   """The XLA flag that splits the host CPU into `count` JAX devices."""
   return f"--xla_force_host_platform_device_count={count}"
