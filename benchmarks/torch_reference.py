@@ -60,6 +60,6 @@ def make_train_step(k: int = 9, tau: float = 1.0, lr: float = 1e-3, device: str 
     loss = sum(dknn_loss(q, n, query_y, cand_y, k, tau) for _ in range(num_samples)) / num_samples
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   return step

@@ -17,8 +17,12 @@ _OTHERS_FLOOR = {jnp.dtype(jnp.float32): 1e-28, jnp.dtype(jnp.float64): 1e-280}
 
 # Rows are processed in chunks of about this many bytes per [rows, n] array, so the k
 # passes over a chunk hit the cache instead of main memory (about 3x faster at n = 60,000
-# on a 2-core CPU); see benchmarks/README.md.
-_CHUNK_BYTES = 2**20
+# on a 2-core CPU), but of at least _MIN_BLOCK_ROWS rows: XLA:CPU splits a fusion's work
+# across threads by rows, and one-row blocks ran on one core (forward+backward 2-2.5x
+# slower at n = 60,000 and 100,000). 512 KiB rather than 1 MiB: forward+backward at
+# (100, 10000, 9) 26-28 -> 17 ms, the same elsewhere; see benchmarks/README.md.
+_CHUNK_BYTES = 2**19
+_MIN_BLOCK_ROWS = 2
 
 # Off CPU all rows go in one block unless the backward's held arrays would exceed both
 # 16 arrays' worth and this many bytes; then they are split (see `_block_shape`).
@@ -319,10 +323,10 @@ def _block_shape(x: jax.Array, k: int, blocked: bool) -> tuple[int, int]:
   The backward holds `held = L + S` arrays of a block (`_block_backward`, S = 0 for one
   segment), so blocks get fewer rows as k grows: memory does not grow with k beyond
   16 arrays of all rows (CPU) or beyond the larger of that and `_DEVICE_HELD_BYTES`.
-  Blocked (CPU): about _CHUNK_BYTES per block, so the k passes over a block hit the
-  cache. Otherwise (GPU, TPU: blocks run one after another, and small ones starve the
-  device) one block of all rows while the held arrays fit that bound, else
-  ceil(held / 16) blocks.
+  Blocked (CPU): about _CHUNK_BYTES per block (at least _MIN_BLOCK_ROWS rows), so the
+  k passes over a block hit the cache. Otherwise (GPU, TPU: blocks run one after
+  another, and small ones starve the device) one block of all rows while the held
+  arrays fit that bound, else ceil(held / 16) blocks.
   """
   r, n = x.shape
   length, count = _segments(k)
@@ -330,7 +334,7 @@ def _block_shape(x: jax.Array, k: int, blocked: bool) -> tuple[int, int]:
   row_bytes = n * x.dtype.itemsize
   if blocked:
     budget = min(_CHUNK_BYTES, _CHUNK_BYTES * _SEGMENT // held)
-    rows = max(1, min(r, budget // row_bytes))
+    rows = min(r, max(_MIN_BLOCK_ROWS, budget // row_bytes))
   elif held * r * row_bytes <= max(_SEGMENT * r * row_bytes, _DEVICE_HELD_BYTES):
     rows = r
   else:
@@ -482,12 +486,12 @@ def soft_topk(
 
   It runs as a `lax.scan` over the `k` steps carrying the running sum, O(k n)
   time and O(n) state per row. On CPU the rows go in blocks small enough (about
-  1 MiB) for the k passes to stay in cache, and for `tau >= 1/16` each step
-  also carries `exp(a^j / tau - shift)` for the next, with a shift bounded from
-  the step's own scalars (one `exp` and two reductions per step instead of two
-  and three); on other backends in one block, the scan unrolled by up to 16
-  steps (the choice is made when the computation is lowered,
-  `lax.platform_dependent`).
+  512 KiB, at least 2 rows) for the k passes to stay in cache, and for
+  `tau >= 1/16` each step also carries `exp(a^j / tau - shift)` for the next,
+  with a shift bounded from the step's own scalars (one `exp` and two
+  reductions per step instead of two and three); on other backends in one
+  block, the scan unrolled by up to 16 steps (the choice is made when the
+  computation is lowered, `lax.platform_dependent`).
 
   Gradients (`vjp`): "recompute" (default) is a custom VJP with an analytic
   backward. The forward stores only four scalars per row and step (the shift
