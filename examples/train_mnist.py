@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     default=None,
     help="split the CPU into this many JAX devices and train data-parallel across them "
     "(restarts the script with XLA_FLAGS set). Default: one per CPU core, at most 8 (1 with "
-    "--multihost); on a 2-core CPU, 2 devices made the train step 1.4x faster than 1. "
+    "--multihost); on a 2-core CPU, 2 devices made the train step 1.2-1.5x faster than 1. "
     "Inert where a GPU or TPU is the default backend",
   )
   p.add_argument(

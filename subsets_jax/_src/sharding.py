@@ -61,7 +61,7 @@ def default_host_devices() -> int:
   """One JAX CPU device per core this process may run on, at most 8.
 
   XLA:CPU keeps only part of a 2-core CPU busy with the small dKNN ConvNet from one
-  device; one device per core, trained data-parallel, was 1.4x faster per step
+  device; one device per core, trained data-parallel, was 1.2-1.5x faster per step
   (benchmarks/README.md). The flag only shapes the CPU backend, so it is harmless
   where an accelerator is the default backend.
   """
