@@ -111,3 +111,35 @@ def test_khot_rejects_bad_input():
     sj.khot(jnp.array([0.0]), 3)
   with pytest.raises(ValueError, match=r"\[0, n\)"):
     sj.khot(jnp.array([3]), 3)
+
+
+# ------------------------------------------------- the noise is jax.random.gumbel's
+
+_NOISE_KEYS = {
+  "typed": lambda: jax.random.key(11),
+  "raw": lambda: jax.random.PRNGKey(5),
+  "rbg": lambda: jax.random.key(3, impl="rbg"),  # not threefry: JAX's own path
+}
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 50), (2, 3, 4), (64, 1000)])
+@pytest.mark.parametrize("key_kind", sorted(_NOISE_KEYS))
+@pytest.mark.parametrize("jit", [False, True])
+def test_gumbel_noise_is_jax_random_gumbel_bit_for_bit(shape, key_kind, jit):
+  """On CPU the noise of threefry keys comes from the library's fused hash: same bits."""
+  key = _NOISE_KEYS[key_kind]()
+  noise = jax.jit(sj.gumbel_noise) if jit else sj.gumbel_noise
+  ours = np.asarray(noise(key, jnp.zeros(shape, jnp.bfloat16)))
+  theirs = np.asarray(jax.random.gumbel(key, shape, jnp.float32))
+  assert ours.dtype == np.float32
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_gumbel_noise_float64_and_vmapped_keys_bit_for_bit(x64):
+  key = jax.random.key(21)
+  ours = sj.gumbel_noise(key, jnp.zeros((5, 300), jnp.float64))
+  np.testing.assert_array_equal(ours, jax.random.gumbel(key, (5, 300), jnp.float64))
+  keys = jax.random.split(jax.random.key(4), 6)
+  ours = jax.vmap(lambda k: sj.gumbel_noise(k, jnp.zeros((40,), jnp.float32)))(keys)
+  theirs = jax.vmap(lambda k: jax.random.gumbel(k, (40,), jnp.float32))(keys)
+  np.testing.assert_array_equal(ours, theirs)

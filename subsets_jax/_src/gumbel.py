@@ -6,14 +6,15 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from subsets_jax._src import validation
+from subsets_jax._src import threefry, validation
 
 
 def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
   """The Gumbel noise that every sampler here adds to `scores` for `key`.
 
   Exactly `jax.random.gumbel(key, scores.shape, dtype)` with `dtype` float32, or
-  float64 for float64 scores, so that all functions agree for the same key:
+  float64 for float64 scores (bit for bit; for threefry keys on CPU computed by a
+  fused copy of JAX's hash, 3x faster), so that all functions agree for the same key:
   `gumbel_topk(key, s, k)` is `lax.top_k(s + gumbel_noise(key, s), k)[1]`.
 
   Args:
@@ -30,7 +31,17 @@ def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
     ((2, 3), dtype('float32'))
   """
   dtype = validation.compute_dtype(scores.dtype)
-  return jax.random.gumbel(key, scores.shape, dtype)
+  shape = scores.shape
+  key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+  if not threefry.applies(key, shape, dtype):
+    return jax.random.gumbel(key, shape, dtype)
+  # The same values; on CPU as one fused pass (JAX's CPU lowering of threefry is a
+  # rolled loop, 3x slower here; see `threefry`).
+  return jax.lax.platform_dependent(
+    key,
+    cpu=lambda k: threefry.gumbel(k, shape, dtype),
+    default=lambda k: jax.random.gumbel(k, shape, dtype),
+  )
 
 
 def perturb(key: ArrayLike, scores: jax.Array) -> jax.Array:
