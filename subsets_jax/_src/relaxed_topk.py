@@ -249,9 +249,10 @@ def _exact_forward(b0, tau, k):
 def _block_forward_cpu(b0, tau, k):
   """`_block_forward`'s sum on CPU, with `_shifted_step`'s scalars (for `_shifted_probs`).
 
-  Carrying e saves a reduction and an `exp` pass per step: forward 50-57 -> 34-40 ms
-  at (100, 60000, 9) on 2 cores (benchmarks/README.md). Small tau can drop a row's
-  maximum by more than 2^16 in one step, so there every step takes its exact maximum.
+  Carrying e saves a reduction and an `exp` pass per step: forward 51 -> 39 ms at
+  (100, 60000, 9) on 2 cores (benchmarks/README.md). Below tau = 1/16 the shift bound
+  lets a row's top e fall under 2^-16 (its others towards underflow), so there every
+  step takes its exact maximum.
   """
   return jax.lax.cond(
     tau >= _CARRIED_TAU_MIN,
