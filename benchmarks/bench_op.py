@@ -188,8 +188,8 @@ def main() -> None:
     if torch is not None:
       for name in ("fwd", "fwd_bwd", "soft_fwd_bwd"):
         row[f"ratio_{name}"] = row[f"torch_{name}_s"] / row[f"jax_{name}_s"]
-      # What a 5x target leaves: with noise, JAX's Gumbel noise alone must fit in it;
-      # without, the relaxation's floor must.
+      # What a 5x target leaves: with noise, JAX's Gumbel noise and the relaxation's
+      # floor must fit in it; without, the floor must (`print_budgets`).
       row["budget_5x_s"] = row["torch_fwd_bwd_s"] / 5
       row["soft_budget_5x_s"] = row["torch_soft_fwd_bwd_s"] / 5
     row["floor_fwd_bwd_s"] = roofline_floor(b, n, k, ceilings, backward=True)

@@ -185,16 +185,15 @@ def _shifted_step(b: jax.Array, e: jax.Array, m: jax.Array, tau: jax.Array):
   others, runner_up = jax.lax.cond(
     jnp.any(dominant_row), dominant_terms, lambda: (s, jnp.full_like(s, -jnp.inf))
   )
-  e_max_safe = jnp.where(e_max > 0, e_max, 1)
-  top = m + jnp.log(e_max_safe)
+  log_e_max = jnp.log(jnp.where(e_max > 0, e_max, 1))
+  top = m + log_e_max
   use_log = others > _OTHERS_FLOOR[jnp.dtype(b.dtype)] * e_max
   # As in `_step`: the runner-up gap stands in where the others underflow; at ties
   # (s >= 2 e_max) gap = 0 gives log(1 - p_top) = log(e_max / s), about log(1/2).
   needs_gap = ~use_log & (s < 2 * e_max) & jnp.isfinite(runner_up)
   gap = jnp.where(needs_gap, runner_up - top, 0)
-  log_inv_s = jnp.log(inv_s)
-  log1m_top = jnp.where(use_log, jnp.log(jnp.where(use_log, others, 1)), gap + jnp.log(e_max_safe))
-  log1m_top = log1m_top + log_inv_s
+  log_others = jnp.where(use_log, jnp.log(jnp.where(use_log, others, 1)), gap + log_e_max)
+  log1m_top = log_others + jnp.log(inv_s)
   log1m = _log1m_step(p, log1m_top)
   inv_share = jnp.where(use_log, jnp.exp(-jnp.where(use_log, log1m_top, 0)), 0)
   b_next = b + log1m / tau
