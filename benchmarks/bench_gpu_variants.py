@@ -8,6 +8,8 @@ times the noise-free forward on `(scores - row max) / tau` rows:
   xla_cond     the CPU's step options: runner-up reduction under `lax.cond` (on a GPU a
                host round trip per step), rolled scan (the non-CPU default until run 2)
   xla_eager    the runner-up always reduced, rolled scan
+  xla_shifted  the CPU's form (`_block_forward_cpu`: e = exp(b - m) carried between steps,
+               one exp and two reductions a step; `lax.cond`s on tau and on dominant rows)
   pallas_*     benchmarks/pallas_forward.py, one program per row (chunk, warps)
 and forward+backward (`sum(w * soft_topk(scores))`, value and gradient):
   lib_fwd_bwd          the library (`vjp="recompute"`; off CPU: the backward replays without
@@ -17,6 +19,7 @@ and forward+backward (`sum(w * soft_topk(scores))`, value and gradient):
                        way; the non-CPU default until run 2)
   barrier_fwd_bwd      xla's forward, the backward with barriers
   pallas_fwd_bwd       the Pallas forward, the library's backward
+  shifted_fwd_bwd      xla_shifted's forward, the backward replaying its p, no barriers
 then the compiled temporary memory of each at k = 8 and 256. Each variant's values are
 checked against the library's before timing. Meant for a GPU; on CPU use `--interpret`
 to smoke-test. Run 2 (results/variants_gpu2.json) used other names: xla there is xla_cond
@@ -84,32 +87,39 @@ def xla_rows(k, **step_options):
 
 def fwd_bwd_variants(k, interpret, pallas_config):
   """Forward+backward variants, each `(scores, w) -> (loss, grad)`."""
-  chunk, warps = pallas_config
+  chunk, warps = pallas_config or (None, None)
   soft = lambda vjp: jax.jit(
     jax.value_and_grad(lambda s, w: jnp.sum(w * sj.soft_topk(s, k, TAU, vjp=vjp)))
   )
   pallas_rows = functools.partial(
     pallas_forward.forward_rows, tau=TAU, k=k, chunk=chunk, num_warps=warps, interpret=interpret
   )
-  return {
+  variants = {
     "lib_fwd_bwd": soft("recompute"),
     "autodiff_fwd_bwd": soft("autodiff"),
     "cpu_options_fwd_bwd": composed_fwd_bwd(
       k, xla_rows(k, lazy_runner_up=True, unroll=1), materialize=True
     ),
     "barrier_fwd_bwd": composed_fwd_bwd(k, xla_rows(k), materialize=True),
-    "pallas_fwd_bwd": composed_fwd_bwd(k, pallas_rows, materialize=False),
+    "shifted_fwd_bwd": composed_fwd_bwd(
+      k, xla_rows(k, shifted=True), shifted=True, materialize=False
+    ),
   }
+  if pallas_config is not None:
+    variants["pallas_fwd_bwd"] = composed_fwd_bwd(k, pallas_rows, materialize=False)
+  return variants
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--repeats", type=int, default=30)
   p.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke test)")
+  p.add_argument("--no_pallas", action="store_true", help="leave the Pallas kernel out")
   p.add_argument("--out", default=None)
   args = p.parse_args()
   cases = SMOKE_CASES if args.interpret else CASES
   configs = PALLAS_CONFIGS[:1] if args.interpret else PALLAS_CONFIGS
+  configs = [] if args.no_pallas else configs
   results = {
     "machine": f"{platform.node()} ({jax.devices()[0]})",
     "date": time.strftime("%Y-%m-%d"),
@@ -126,6 +136,7 @@ def main() -> None:
       "xla": xla_forward(k),
       "xla_cond": xla_forward(k, lazy_runner_up=True, unroll=1),
       "xla_eager": xla_forward(k, lazy_runner_up=False, unroll=1),
+      "xla_shifted": xla_forward(k, shifted=True),
     }
     for chunk, warps in configs:
       fwd[f"pallas_c{chunk}_w{warps}"] = functools.partial(
@@ -136,7 +147,9 @@ def main() -> None:
         num_warps=warps,
         interpret=args.interpret,
       )
-    fwd_bwd = fwd_bwd_variants(k, args.interpret, configs[min(1, len(configs) - 1)])
+    fwd_bwd = fwd_bwd_variants(
+      k, args.interpret, configs[min(1, len(configs) - 1)] if configs else None
+    )
     row = {"B": b_, "N": n, "k": k, "errors": {}, "max_abs_diff": {}}
     reference = np.asarray(fwd["xla"](b))
     ref_grad = np.asarray(fwd_bwd["lib_fwd_bwd"](scores, w)[1])
@@ -168,7 +181,7 @@ def main() -> None:
   spec = jax.ShapeDtypeStruct((b_, n), jnp.float32)
   results["temp_mb"] = {}
   for k in (8, 256):
-    for name, fn in fwd_bwd_variants(k, args.interpret, configs[0]).items():
+    for name, fn in fwd_bwd_variants(k, args.interpret, configs[0] if configs else None).items():
       try:
         results["temp_mb"][f"{name}_k{k}"] = compiled_temp_bytes(fn, spec, spec) / 2**20
       except Exception as e:
