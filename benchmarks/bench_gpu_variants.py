@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 import time
 import traceback
@@ -42,7 +41,7 @@ import numpy as np
 
 import subsets_jax as sj
 from benchmarks import pallas_forward
-from benchmarks.common import compiled_temp_bytes, median_times
+from benchmarks.common import compiled_temp_bytes, median_times, write_results
 from subsets_jax._src import relaxed_topk
 
 CASES = [(100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
@@ -190,9 +189,7 @@ def main() -> None:
     f"compiled temporary MB, ({b_}, {n}):",
     {name: (round(v, 1) if isinstance(v, float) else v) for name, v in results["temp_mb"].items()},
   )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+  write_results(args.out, results)
 
 
 if __name__ == "__main__":

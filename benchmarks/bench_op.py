@@ -1,6 +1,7 @@
 """Op benchmark: relaxed top-k (JAX) vs the seed's PyTorch SubsetOperator, roofline, memory.
 
   python -m benchmarks.bench_op [--cases small|all] [--repeats 12] [--out results.json]
+                                [--xla_cpu_vector_width 512]
 
 Prints, per (B, N, k) case: median forward and forward+backward times for JAX (jit) and
 PyTorch (eager, same inputs), with the Gumbel noise (`gumbel_topk_relaxed` vs the seed's
@@ -8,13 +9,15 @@ PyTorch (eager, same inputs), with the Gumbel noise (`gumbel_topk_relaxed` vs th
 scores), their ratios, the roofline floor measured on this machine against the noise-free
 forward+backward, and the compiled peak temporary memory of forward+backward as k grows.
 All contenders of a case are timed interleaved (round-robin), so drifts of this VM's speed
-hit them alike.
+hit them alike. `--xla_cpu_vector_width 512` compiles every JAX function here with XLA:CPU's
+`xla_cpu_prefer_vector_width` option (a user's `jax.jit(..., compiler_options=...)`; AVX-512
+machines), ceilings included.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import platform
 import time
 
@@ -31,6 +34,7 @@ from benchmarks.common import (
   median_times,
   restart_for_timing,
   torch_sync,
+  write_results,
 )
 from subsets_jax._src import sharding
 
@@ -38,28 +42,28 @@ CASES = [(100, 100, 9), (100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 1
 TAU = 1.0
 
 
-def jax_fns(k: int, vjp: str):
-  fwd = jax.jit(lambda key, s: sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
+def jax_fns(k: int, vjp: str, jit=jax.jit):
+  fwd = jit(lambda key, s: sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
 
   def loss(s, key, w):
     return jnp.sum(w * sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
 
-  fwd_bwd = jax.jit(jax.value_and_grad(loss))
+  fwd_bwd = jit(jax.value_and_grad(loss))
   return fwd, fwd_bwd
 
 
-def measure_ceilings(repeats: int) -> dict[str, float]:
+def measure_ceilings(repeats: int, jit=jax.jit) -> dict[str, float]:
   """Memory bandwidth (large copy) and exp throughput, measured here."""
   n = 64 * 2**20  # 256 MB of float32
   x = jnp.ones((n,), jnp.float32)
-  copy = jax.jit(lambda v: v + 1.0)
+  copy = jit(lambda v: v + 1.0)
   t_copy = median_time(lambda: copy(x).block_until_ready(), repeats)
   # 2^30 exps from 16 MB of input: the outer product is fused into the reduction, so
   # this is compute bound on CPUs and GPUs alike (a plain exp of an array is memory
   # bound on a GPU, and was 3x under this ceiling on the CPU too).
   v = jnp.linspace(-5, 5, 4 * 2**20, dtype=jnp.float32)
   c = jnp.linspace(0.5, 1.0, 256, dtype=jnp.float32)
-  exp = jax.jit(lambda v, c: jnp.sum(jnp.exp(v[:, None] * c)))
+  exp = jit(lambda v, c: jnp.sum(jnp.exp(v[:, None] * c)))
   t_exp = median_time(lambda: exp(v, c).block_until_ready(), repeats)
   return {"bandwidth_gb_s": 2 * n * 4 / t_copy / 1e9, "exp_per_s": v.size * c.size / t_exp}
 
@@ -74,8 +78,8 @@ def roofline_floor(b, n, k, ceilings, backward: bool) -> float:
   )
 
 
-def fwd_bwd_temp_bytes(b, n, k, vjp) -> int:
-  _, fwd_bwd = jax_fns(k, vjp)
+def fwd_bwd_temp_bytes(b, n, k, vjp, jit=jax.jit) -> int:
+  _, fwd_bwd = jax_fns(k, vjp, jit)
   s = jax.ShapeDtypeStruct((b, n), jnp.float32)
   return compiled_temp_bytes(fwd_bwd, s, jax.random.key(0), s)
 
@@ -110,6 +114,12 @@ def main() -> None:
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--vjp", choices=("recompute", "autodiff"), default="recompute")
   p.add_argument("--out", default=None, help="write the results as JSON here")
+  p.add_argument(
+    "--xla_cpu_vector_width",
+    type=int,
+    default=None,
+    help="compile the JAX functions with this xla_cpu_prefer_vector_width (default: XLA's)",
+  )
   add_host_devices_flag(p, "rows are sharded across them")
   add_torch_device_flag(p)
   args = p.parse_args()
@@ -121,20 +131,25 @@ def main() -> None:
     import torch
 
     from benchmarks import torch_reference
+  options = None
+  if args.xla_cpu_vector_width is not None:
+    options = {"xla_cpu_prefer_vector_width": args.xla_cpu_vector_width}
+  jit = functools.partial(jax.jit, compiler_options=options)
   results = {
     "machine": f"{platform.node()} {platform.processor()} ({jax.devices()[0]})",
     "date": time.strftime("%Y-%m-%d"),
     "jax": jax.__version__,
+    "compiler_options": options,
     "cases": [],
   }
   if torch is not None:
     results["torch"] = f"{torch.__version__} on {args.torch_device}"
     sync = torch_sync(args.torch_device)
-  ceilings = measure_ceilings(args.repeats)
+  ceilings = measure_ceilings(args.repeats, jit)
   results["ceilings"] = ceilings
   print(
     f"device {jax.devices()[0]}; bandwidth {ceilings['bandwidth_gb_s']:.1f} GB/s, "
-    f"exp {ceilings['exp_per_s'] / 1e9:.2f} G/s"
+    f"exp {ceilings['exp_per_s'] / 1e9:.2f} G/s; JAX compiler options {options}"
   )
   header = (
     f"{'B':>4} {'N':>7} {'k':>3} | {'jax fwd':>8} {'torch':>8} {'ratio':>5} | "
@@ -149,12 +164,12 @@ def main() -> None:
     w_np = rng.normal(size=(b, n)).astype(np.float32)
     scores, w = sharding.shard_batch((scores_np, w_np), mesh)
     key = jax.random.key(1)
-    fwd, fwd_bwd = jax_fns(k, args.vjp)
+    fwd, fwd_bwd = jax_fns(k, args.vjp, jit)
     perturbed = jax.block_until_ready(scores + sj.gumbel_noise(key, scores))
-    soft_fwd_bwd = jax.jit(
+    soft_fwd_bwd = jit(
       jax.value_and_grad(lambda s, w: jnp.sum(w * sj.soft_topk(s, k, TAU, vjp=args.vjp)))
     )
-    noise = jax.jit(sj.gumbel_noise)
+    noise = jit(sj.gumbel_noise)
     fns = {
       "jax_noise_s": lambda: noise(key, scores).block_until_ready(),
       "jax_fwd_s": lambda: fwd(key, scores).block_until_ready(),
@@ -217,16 +232,14 @@ def main() -> None:
   for vjp in ("recompute", "autodiff"):
     line = {"vjp": vjp}
     for k in (1, 8, 64, 256):
-      line[k] = fwd_bwd_temp_bytes(100, 10000, k, vjp) / 2**20
+      line[k] = fwd_bwd_temp_bytes(100, 10000, k, vjp, jit) / 2**20
     results["memory"].append(line)
     print(
       f"  {vjp:>9}: "
       + ", ".join(f"k={k}: {line[k]:.1f}" for k in (1, 8, 64, 256))
       + f"   (k=256 / k=8 = {line[256] / line[8]:.2f})"
     )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+  write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,18 @@ devices nearly halve the step time, because one XLA:CPU device does not keep bot
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import jax
 
-from benchmarks.common import median_time, restart_for_timing, synthetic_batch, timed_jax_train_step
+from benchmarks.common import (
+  median_time,
+  restart_for_timing,
+  synthetic_batch,
+  timed_jax_train_step,
+  write_results,
+)
 from subsets_jax._src import sharding
 
 
@@ -45,9 +50,7 @@ def main() -> None:
     print(
       f"step time {count} vs {args.devices[0]} device(s): {results['step_s'][count] / base:.2f}x"
     )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+  write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ median of 3 after a warm-up run).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -26,6 +25,7 @@ from benchmarks.common import (
   restart_for_timing,
   synthetic_batch,
   timed_jax_train_step,
+  write_results,
 )
 from subsets_jax import dknn_training as training
 from subsets_jax._src import sharding
@@ -106,9 +106,7 @@ def main() -> None:
     )
     results["eval_s"] = median_time(run, repeats=3, warmup=1)
     print(f"evaluation: embed 55,000 + classify 10,000 by 9-NN: {results['eval_s']:.2f} s")
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+  write_results(args.out, results)
 
 
 if __name__ == "__main__":

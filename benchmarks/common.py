@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -43,6 +44,13 @@ def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> di
         fn()
         times[name].append(time.perf_counter() - t)
   return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_results(path: str | None, results: dict) -> None:
+  """Writes a benchmark's results as JSON to `path` (nothing when `path` is None)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=1)
 
 
 def compiled_temp_bytes(fn, *args) -> int:

@@ -113,6 +113,26 @@ def test_khot_rejects_bad_input():
     sj.khot(jnp.array([3]), 3)
 
 
+@pytest.mark.parametrize(
+  "scores,error,match",
+  [
+    ((2, 3), TypeError, "scores must be an array.*ShapeDtypeStruct.*got tuple"),
+    (jnp.zeros((2, 3), jnp.int32), TypeError, "real floating.*int32"),
+    (jnp.float32(0.0), ValueError, "rank >= 1"),
+  ],
+)
+def test_gumbel_noise_rejects_bad_scores(key, scores, error, match):
+  with pytest.raises(error, match=match):
+    sj.gumbel_noise(key, scores)
+
+
+def test_gumbel_noise_takes_a_shape_dtype_struct(key):
+  spec = jax.ShapeDtypeStruct((3, 4), jnp.bfloat16)
+  np.testing.assert_array_equal(
+    sj.gumbel_noise(key, spec), jax.random.gumbel(key, (3, 4), jnp.float32)
+  )
+
+
 # ------------------------------------------------- the noise is jax.random.gumbel's
 
 _NOISE_KEYS = {

@@ -19,7 +19,8 @@ def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
 
   Args:
     key: a PRNG key.
-    scores: `[..., n]` array; only its shape and dtype are used.
+    scores: `[..., n]` real floating array, or a `jax.ShapeDtypeStruct`; only its shape
+      and dtype are used.
 
   Returns:
     `[..., n]` standard Gumbel noise, float32 (float64 for float64 scores).
@@ -30,6 +31,7 @@ def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
     >>> g.shape, g.dtype
     ((2, 3), dtype('float32'))
   """
+  validation.check_shape_source(scores)
   dtype = validation.compute_dtype(scores.dtype)
   shape = scores.shape
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)

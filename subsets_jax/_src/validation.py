@@ -50,6 +50,24 @@ def check_scores(scores, *, name: str = "scores") -> jax.Array:
   return scores
 
 
+def check_shape_source(scores, *, name: str = "scores") -> None:
+  """An array (or `jax.ShapeDtypeStruct`) whose shape and dtype alone are used.
+
+  Real floating, rank >= 1; its values are not read (no host transfer).
+  """
+  if not (hasattr(scores, "shape") and hasattr(scores, "dtype")):
+    raise TypeError(
+      f"{name} must be an array (only its shape and dtype are used; for a shape alone "
+      f"pass jax.ShapeDtypeStruct(shape, dtype)); got {type(scores).__name__}."
+    )
+  if not jnp.issubdtype(scores.dtype, jnp.floating):
+    raise TypeError(
+      f"{name} must be a real floating array (log-weights); got dtype {scores.dtype}."
+    )
+  if len(scores.shape) < 1:
+    raise ValueError(f"{name} must have rank >= 1 (items on the last axis); got a scalar.")
+
+
 def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> None:
   """Concrete scores need at least `k` finite entries in every row."""
   if is_concrete(scores):
