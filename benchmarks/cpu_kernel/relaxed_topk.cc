@@ -1,0 +1,306 @@
+// Prototype: the relaxed top-k (CPU form of subsets_jax/_src/relaxed_topk.py) as one fused
+// C++ kernel per row, called from JAX through the XLA FFI. Not part of the library: a
+// measured experiment for issue 4 (how close a hand-fused CPU kernel gets to the roofline).
+//
+// Forward, per row of b = (scores - row max) / tau (computed here too): the k steps of `_carried_forward`, each
+// ONE pass over the row (XLA:CPU needs three or more): the pass applies step j with the
+// scalars gathered by the pass before (p = e / s, total += p, b += log(1 - p) / tau) and writes
+// e = exp(b - m_next) for step j + 1 while summing it and taking its maximum. The dominant
+// item's other-weights and runner-up (rows with p_top > 1/2) take one extra pass, as under the
+// library's `lax.cond`. Stores the library's per-step scalars [m, 1/s, log1m_top, inv_share].
+// Backward: replays the k steps' p from those scalars (bitwise the forward's), then walks back
+// with `_step_vjp`'s formulas: two passes per step. Rows are split across threads.
+//
+// float32 only, tau >= 1/16 (the carried shift's range; the Python side checks), no tau
+// gradient.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr float kOthersFloor = 1e-28f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// exp(x) for x <= 0 (b - m with m >= max(b) up to rounding; -inf gives 0): 2^i * 2^f with a
+// degree-6 polynomial for 2^f on [-1/2, 1/2]; written so that GCC vectorises the loops that
+// call it. Relative error about 2e-7 (compared with std::exp in the Python test).
+inline float fast_exp(float x) {
+  x = std::max(x, -87.0f);  // below: 0 (flushed by the scale), and -inf stays finite here
+  const float t = x * 1.44269504088896341f;
+  const float i = std::nearbyint(t);
+  const float f = t - i;  // [-1/2, 1/2]
+  // 2^f = exp(f ln 2): Taylor coefficients of exp times powers of ln 2.
+  float p = 1.5403530393381606e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(i) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x <= -87.0f ? 0.0f : p * scale;
+}
+
+// The library's `_log1m`: log(1 - p) for 0 <= p <= 1/2 as -2 atanh(p / (2 - p)), odd series.
+inline float log1m_series(float p) {
+  const float z = p / (2.0f - p);
+  const float z2 = z * z;
+  float acc = 1.0f / 15.0f;
+  acc = acc * z2 + 1.0f / 13.0f;
+  acc = acc * z2 + 1.0f / 11.0f;
+  acc = acc * z2 + 1.0f / 9.0f;
+  acc = acc * z2 + 1.0f / 7.0f;
+  acc = acc * z2 + 1.0f / 5.0f;
+  acc = acc * z2 + 1.0f / 3.0f;
+  acc = acc * z2 + 1.0f;
+  return -2.0f * z * acc;
+}
+
+// b = (scores - row max) / tau, -inf kept: `_scaled_rows` for one row (its operations).
+void scaled_row(const float* scores, float* b, int64_t n, float tau) {
+  float row_max = kNegInf;
+#pragma omp simd reduction(max : row_max)
+  for (int64_t i = 0; i < n; ++i) row_max = std::max(row_max, scores[i]);
+  if (!std::isfinite(row_max)) row_max = 0.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const bool alive = scores[i] > kNegInf;
+    b[i] = alive ? ((alive ? scores[i] : 0.0f) - row_max) / tau : kNegInf;
+  }
+}
+
+struct StepScalars {
+  float m, inv_s, log1m_top, inv_share;
+};
+
+// The scalars of one step from e = exp(b - m): `_shifted_step` for one row; returns m_next.
+float step_scalars(const float* b, const float* e, int64_t n, float m, float s, float e_max,
+                   float tau, StepScalars* out) {
+  const float inv_s = 1.0f / (s > 0.0f ? s : 1.0f);
+  const bool dominant = e_max * inv_s > 0.5f;
+  float others = s, runner_up = kNegInf;
+  if (dominant) {
+    others = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      if (e[i] != e_max) {
+        others += e[i];
+        runner_up = std::max(runner_up, b[i]);
+      }
+    }
+  }
+  const float log_e_max = std::log(e_max > 0.0f ? e_max : 1.0f);
+  const float top = m + log_e_max;
+  const bool use_log = others > kOthersFloor * e_max;
+  const bool needs_gap = !use_log && s < 2.0f * e_max && std::isfinite(runner_up);
+  const float gap = needs_gap ? runner_up - top : 0.0f;
+  const float log_others = use_log ? std::log(others) : gap + log_e_max;
+  const float log1m_top = log_others + std::log(inv_s);
+  *out = {m, inv_s, log1m_top, use_log ? std::exp(-log1m_top) : 0.0f};
+  float m_next = dominant ? std::max(top + log1m_top / tau, runner_up) : top;
+  return e_max > 0.0f ? m_next : m;
+}
+
+// One row's forward. b: the row (overwritten), e: scratch, total: output, aux: [k, 4] strided.
+void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float tau,
+                 float* aux, int64_t aux_stride) {
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, b[i]);
+  if (!std::isfinite(m)) m = 0.0f;
+  float s = 0.0f, e_max = 0.0f;
+#pragma omp simd reduction(+ : s) reduction(max : e_max)
+  for (int64_t i = 0; i < n; ++i) {
+    e[i] = fast_exp(b[i] - m);
+    total[i] = 0.0f;
+    s += e[i];
+    e_max = std::max(e_max, e[i]);
+  }
+  const float inv_tau = 1.0f / tau;
+  for (int64_t j = 0; j < k; ++j) {
+    StepScalars sc;
+    const float m_next = step_scalars(b, e, n, m, s, e_max, tau, &sc);
+    float* a = aux + j * 4 * aux_stride;
+    a[0] = sc.m, a[aux_stride] = sc.inv_s, a[2 * aux_stride] = sc.log1m_top,
+    a[3 * aux_stride] = sc.inv_share;
+    const float inv_s = sc.inv_s, log1m_top = sc.log1m_top;
+    float s_next = 0.0f, e_max_next = 0.0f;
+#pragma omp simd reduction(+ : s_next) reduction(max : e_max_next)
+    for (int64_t i = 0; i < n; ++i) {
+      const float p = e[i] * inv_s;
+      total[i] += p;
+      const bool dom = p > 0.5f;
+      const float l = dom ? log1m_top : log1m_series(dom ? 0.0f : p);
+      const float bn = b[i] + l * inv_tau;
+      b[i] = bn;
+      const float en = fast_exp(bn - m_next);
+      e[i] = en;
+      s_next += en;
+      e_max_next = std::max(e_max_next, en);
+    }
+    m = m_next, s = s_next, e_max = e_max_next;
+  }
+}
+
+// One row's backward: b0 row, total_bar row -> b0_bar row. ps: [k, n] scratch, b: [n] scratch.
+void backward_row(const float* b0, const float* total_bar, float* b_bar, int64_t n, int64_t k,
+                  float tau, const float* aux, int64_t aux_stride, float* ps, float* b) {
+  const float inv_tau = 1.0f / tau;
+  std::memcpy(b, b0, n * sizeof(float));
+  for (int64_t j = 0; j < k; ++j) {
+    const float* a = aux + j * 4 * aux_stride;
+    const float m = a[0], inv_s = a[aux_stride], log1m_top = a[2 * aux_stride];
+    float* p = ps + j * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float pi = fast_exp(b[i] - m) * inv_s;
+      p[i] = pi;
+      const bool dom = pi > 0.5f;
+      b[i] += (dom ? log1m_top : log1m_series(dom ? 0.0f : pi)) * inv_tau;
+    }
+  }
+  std::fill(b_bar, b_bar + n, 0.0f);
+  for (int64_t j = k - 1; j >= 0; --j) {
+    const float inv_share = aux[j * 4 * aux_stride + 3 * aux_stride];
+    const float* p = ps + j * n;
+    float dot = 0.0f, g_top = 0.0f;
+#pragma omp simd reduction(+ : dot, g_top)
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = b_bar[i] * inv_tau;
+      const bool dom = p[i] > 0.5f;
+      const float p_bar = total_bar[i] - (dom ? 0.0f : g / (1.0f - p[i]));
+      dot += p[i] * p_bar;
+      g_top += dom ? g : 0.0f;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = b_bar[i] * inv_tau;
+      const bool dom = p[i] > 0.5f;
+      const float p_bar = total_bar[i] - (dom ? 0.0f : g / (1.0f - p[i]));
+      b_bar[i] += p[i] * (p_bar - dot + g_top * ((dom ? 0.0f : inv_share) - 1.0f));
+    }
+  }
+}
+
+// Scratch buffers kept between calls: fresh ones would be page-faulted in on every call
+// (tens of megabytes at k = 64, n = 100,000).
+class ScratchPool {
+ public:
+  std::unique_ptr<std::vector<float>> take(int64_t size) {
+    std::unique_ptr<std::vector<float>> buf;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        buf = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (!buf) buf = std::make_unique<std::vector<float>>();
+    if (static_cast<int64_t>(buf->size()) < size) buf->resize(size);
+    return buf;
+  }
+  void give(std::unique_ptr<std::vector<float>> buf) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(buf));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<std::vector<float>>> free_;
+};
+
+ScratchPool& scratch_pool() {
+  static ScratchPool* pool = new ScratchPool();
+  return *pool;
+}
+
+// fn(row, scratch) for every row, rows split evenly across the machine's threads; each
+// thread holds `scratch_size` floats from the pool.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t work_per_row, int64_t scratch_size, F&& fn) {
+  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  // Small problems: one thread (starting one costs tens of microseconds).
+  if (rows * work_per_row < (int64_t{1} << 16)) threads = 1;
+  threads = std::min(threads, rows);
+  std::vector<std::thread> pool;
+  auto run = [&](int64_t t) {
+    auto scratch = scratch_pool().take(scratch_size);
+    for (int64_t r = t * rows / threads; r < (t + 1) * rows / threads; ++r) fn(r, scratch->data());
+    scratch_pool().give(std::move(scratch));
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (auto& th : pool) th.join();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau_buf, int64_t k,
+                   ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux) {
+  auto dims = scores.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("scores must be [rows, n]");
+  const int64_t rows = dims[0], n = dims[1];
+  const float tau = tau_buf.typed_data()[0];
+  const float* in = scores.typed_data();
+  float* out = total->typed_data();
+  float* aux_out = aux->typed_data();  // [k, 4, rows]
+  parallel_rows(rows, n * k, 2 * n, [&](int64_t r, float* scratch) {
+    float* b = scratch;
+    scaled_row(in + r * n, b, n, tau);
+    forward_row(b, scratch + n, out + r * n, n, k, tau, aux_out + r, rows);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> total_bar,
+                    ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::F32> tau_buf, int64_t k,
+                    ffi::ResultBuffer<ffi::F32> scores_bar) {
+  auto dims = scores.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("scores must be [rows, n]");
+  const int64_t rows = dims[0], n = dims[1];
+  const float tau = tau_buf.typed_data()[0];
+  const float* in = scores.typed_data();
+  const float* tb = total_bar.typed_data();
+  const float* a = aux.typed_data();
+  float* out = scores_bar->typed_data();
+  parallel_rows(rows, n * k, (k + 2) * n, [&](int64_t r, float* scratch) {
+    float* b0 = scratch + (k + 1) * n;
+    scaled_row(in + r * n, b0, n, tau);
+    float* grad = out + r * n;
+    backward_row(b0, tb + r * n, grad, n, k, tau, a + r, rows, scratch + n, scratch);
+    // d b0 / d scores = 1 / tau for kept items (the row maximum is a constant shift).
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad[i] = b0[i] > kNegInf ? grad[i] / tau : 0.0f;
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
