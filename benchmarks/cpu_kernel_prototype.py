@@ -3,9 +3,9 @@
 Not part of the library: a measured experiment for issue 4 (how far a kernel outside
 XLA's fusions gets towards the roofline on this CPU). `benchmarks/cpu_kernel/relaxed_topk.cc`
 runs the library's CPU form (`_carried_forward`: carried e = exp(b - m), the same per-step
-scalars and the same dominant-item rules) with one pass over each row per step forward and
-two per step backward; see the file's header. It is compiled here with the system's C++
-compiler (`g++ -O3 -march=native`) into a temporary folder on first use.
+scalars and the same dominant-item rules) with one pass over each row per step forward, and
+a replay plus one pass per step backward; see the file's header. It is compiled here with
+the system's C++ compiler (`g++ -O3 -march=native`) into a temporary folder on first use.
 
 Limits of the prototype: float32, rows `[r, n]`, tau a Python float >= 1/16 (static; no
 gradient with respect to it), CPU only, its own `exp` (about 2e-7 relative error, not XLA's).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import os
 import pathlib
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def build() -> pathlib.Path:
   digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
   out = pathlib.Path(tempfile.gettempdir()) / f"subsets_jax_cpu_kernel_{digest}.so"
   if not out.exists():
-    tmp = out.with_suffix(".tmp.so")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent builds do not clash
     include = jax.ffi.include_dir()
     cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(tmp)]
     done = subprocess.run(cmd, capture_output=True, text=True)

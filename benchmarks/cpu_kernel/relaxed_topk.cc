@@ -9,12 +9,14 @@
 // item's other-weights and runner-up (rows with p_top > 1/2) take one extra pass, as under the
 // library's `lax.cond`. Stores the library's per-step scalars [m, 1/s, log1m_top, inv_share].
 // Backward: replays the k steps' p from those scalars (bitwise the forward's), then walks back
-// with `_step_vjp`'s formulas: two passes per step. Rows are split across threads.
+// with `_step_vjp`'s formulas, one pass per step (each pass applies step j and sums step
+// j - 1's reductions). Rows are shared out over XLA's CPU thread pool.
 //
 // float32 only, tau >= 1/16 (the carried shift's range; the Python side checks), no tau
 // gradient.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -172,26 +174,42 @@ void backward_row(const float* b0, const float* total_bar, float* b_bar, int64_t
       b[i] += (dom ? log1m_top : log1m_series(dom ? 0.0f : pi)) * inv_tau;
     }
   }
+  // Walk back. t = g / (1 - p) (0 for the dominant item), g = b_bar / tau, is kept from the
+  // pass that sums step j's <p, p_bar> and g_top to the pass that applies step j; that pass
+  // also computes step j - 1's t and sums: one pass and one division per element and step.
   std::fill(b_bar, b_bar + n, 0.0f);
+  float* t = b;  // the replayed b is no longer needed
+  float dot = 0.0f, g_top = 0.0f;
+  {
+    const float* p = ps + (k - 1) * n;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t i = 0; i < n; ++i) {
+      t[i] = 0.0f;  // b_bar = 0 after the last step
+      dot += p[i] * total_bar[i];
+    }
+  }
   for (int64_t j = k - 1; j >= 0; --j) {
     const float inv_share = aux[j * 4 * aux_stride + 3 * aux_stride];
     const float* p = ps + j * n;
-    float dot = 0.0f, g_top = 0.0f;
-#pragma omp simd reduction(+ : dot, g_top)
+    const float* p_prev = ps + (j > 0 ? j - 1 : 0) * n;
+    const float top_term = g_top, softmax_dot = dot;
+    float dot_prev = 0.0f, g_top_prev = 0.0f;
+#pragma omp simd reduction(+ : dot_prev, g_top_prev)
     for (int64_t i = 0; i < n; ++i) {
-      const float g = b_bar[i] * inv_tau;
       const bool dom = p[i] > 0.5f;
-      const float p_bar = total_bar[i] - (dom ? 0.0f : g / (1.0f - p[i]));
-      dot += p[i] * p_bar;
-      g_top += dom ? g : 0.0f;
+      const float p_bar = total_bar[i] - t[i];
+      const float bb =
+          b_bar[i] + p[i] * (p_bar - softmax_dot + top_term * ((dom ? 0.0f : inv_share) - 1.0f));
+      b_bar[i] = bb;
+      // Step j - 1's terms from the new b_bar (unused after step 0).
+      const float g = bb * inv_tau;
+      const bool dom_prev = p_prev[i] > 0.5f;
+      const float t_prev = dom_prev ? 0.0f : g / (1.0f - p_prev[i]);
+      t[i] = t_prev;
+      dot_prev += p_prev[i] * (total_bar[i] - t_prev);
+      g_top_prev += dom_prev ? g : 0.0f;
     }
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const float g = b_bar[i] * inv_tau;
-      const bool dom = p[i] > 0.5f;
-      const float p_bar = total_bar[i] - (dom ? 0.0f : g / (1.0f - p[i]));
-      b_bar[i] += p[i] * (p_bar - dot + g_top * ((dom ? 0.0f : inv_share) - 1.0f));
-    }
+    dot = dot_prev, g_top = g_top_prev;
   }
 }
 
@@ -227,27 +245,37 @@ ScratchPool& scratch_pool() {
   return *pool;
 }
 
-// fn(row, scratch) for every row, rows split evenly across the machine's threads; each
-// thread holds `scratch_size` floats from the pool.
+// fn(row, scratch) for every row, on XLA's CPU thread pool and the calling thread; each
+// participant holds `scratch_size` floats from the pool. Rows are claimed one at a time from
+// an atomic counter, and the caller waits for rows done, not for tasks: a task that starts
+// late finds no row left and touches nothing but the shared counters.
 template <typename F>
-void parallel_rows(int64_t rows, int64_t work_per_row, int64_t scratch_size, F&& fn) {
-  int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  // Small problems: one thread (starting one costs tens of microseconds).
-  if (rows * work_per_row < (int64_t{1} << 16)) threads = 1;
-  threads = std::min(threads, rows);
-  std::vector<std::thread> pool;
-  auto run = [&](int64_t t) {
-    auto scratch = scratch_pool().take(scratch_size);
-    for (int64_t r = t * rows / threads; r < (t + 1) * rows / threads; ++r) fn(r, scratch->data());
-    scratch_pool().give(std::move(scratch));
+void parallel_rows(ffi::ThreadPool& pool, int64_t rows, int64_t work_per_row,
+                   int64_t scratch_size, F& fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
   };
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
-  run(0);
-  for (auto& th : pool) th.join();
+  auto state = std::make_shared<State>();
+  auto work = [state, rows, scratch_size, fnp = &fn]() {
+    std::unique_ptr<std::vector<float>> scratch;
+    for (int64_t r; (r = state->next.fetch_add(1)) < rows;) {
+      if (!scratch) scratch = scratch_pool().take(scratch_size);
+      (*fnp)(r, scratch->data());
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+    if (scratch) scratch_pool().give(std::move(scratch));
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), rows - 1);
+  // Small problems stay on the calling thread.
+  if (rows * work_per_row < (int64_t{1} << 16)) helpers = 0;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (state->done.load(std::memory_order_acquire) < rows) std::this_thread::yield();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau_buf, int64_t k,
-                   ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux) {
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
+                   ffi::Buffer<ffi::F32> tau_buf, int64_t k, ffi::ResultBuffer<ffi::F32> total,
+                   ffi::ResultBuffer<ffi::F32> aux) {
   auto dims = scores.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("scores must be [rows, n]");
   const int64_t rows = dims[0], n = dims[1];
@@ -255,15 +283,17 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau_buf, 
   const float* in = scores.typed_data();
   float* out = total->typed_data();
   float* aux_out = aux->typed_data();  // [k, 4, rows]
-  parallel_rows(rows, n * k, 2 * n, [&](int64_t r, float* scratch) {
+  auto row = [&](int64_t r, float* scratch) {
     float* b = scratch;
     scaled_row(in + r * n, b, n, tau);
     forward_row(b, scratch + n, out + r * n, n, k, tau, aux_out + r, rows);
-  });
+  };
+  parallel_rows(pool, rows, n * k, 2 * n, row);
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> total_bar,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
+                    ffi::Buffer<ffi::F32> total_bar,
                     ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::F32> tau_buf, int64_t k,
                     ffi::ResultBuffer<ffi::F32> scores_bar) {
   auto dims = scores.dimensions();
@@ -274,7 +304,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> total_ba
   const float* tb = total_bar.typed_data();
   const float* a = aux.typed_data();
   float* out = scores_bar->typed_data();
-  parallel_rows(rows, n * k, (k + 2) * n, [&](int64_t r, float* scratch) {
+  auto row = [&](int64_t r, float* scratch) {
     float* b0 = scratch + (k + 1) * n;
     scaled_row(in + r * n, b0, n, tau);
     float* grad = out + r * n;
@@ -282,7 +312,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> total_ba
     // d b0 / d scores = 1 / tau for kept items (the row maximum is a constant shift).
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) grad[i] = b0[i] > kNegInf ? grad[i] / tau : 0.0f;
-  });
+  };
+  parallel_rows(pool, rows, n * k, (k + 2) * n, row);
   return ffi::Error::Success();
 }
 
@@ -290,6 +321,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> total_ba
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkForward, Forward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
@@ -298,6 +330,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkForward, Forward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkBackward, Backward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
