@@ -12,6 +12,12 @@
 // with `_step_vjp`'s formulas, one pass per step (each pass applies step j and sums step
 // j - 1's reductions). Rows are shared out over XLA's CPU thread pool.
 //
+// With AVX-512 (`-march=native` on such a CPU) the hot loops are written with intrinsics, 16
+// items at a time: `exp` by a degree-6 polynomial and `vscalefps`, and for a block of 16 items
+// that all have p < 1/64 (nearly all of them at large n) log(1 - p) and 1 / (1 - p) by short
+// series instead of a division (forward 19 -> 11.6 ms at (100, 60000, 9)); elsewhere plain
+// loops that the compiler vectorises.
+//
 // float32 only, tau >= 1/16 (the carried shift's range; the Python side checks), no tau
 // gradient.
 
@@ -25,6 +31,10 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -86,6 +96,73 @@ void scaled_row(const float* scores, float* b, int64_t n, float tau) {
   }
 }
 
+#ifdef __AVX512F__
+// 16 lanes at a time, for blocks of 16 items; the scalar functions above do the row's tail.
+// The forward and the backward's replay split rows the same way, so they stay bitwise equal.
+constexpr int64_t kLanes = 16;
+
+inline __m512 exp16(__m512 x) {
+  const __mmask16 alive = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, i);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(alive, _mm512_scalef_ps(p, i));
+}
+
+// log(1 - p) for 16 items; p > 1/2 (the dominant item) gives `log1m_top`. A block whose items
+// all have p < 1/64 (nearly all of them for large n) takes -p (1 + p/2 + p^2/3 + p^3/4 + p^4/5),
+// relative error below p^5 / 6 < 2e-10, instead of the division and the atanh series.
+inline __m512 log1m16(__m512 p, float log1m_top) {
+  const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
+  if (small == 0xFFFF) {
+    __m512 acc = _mm512_set1_ps(0.2f);
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(0.25f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f / 3.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(0.5f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    return _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), p), acc);
+  }
+  const __mmask16 dom = _mm512_cmp_ps_mask(p, _mm512_set1_ps(0.5f), _CMP_GT_OQ);
+  const __m512 q = _mm512_maskz_mov_ps(~dom, p);
+  const __m512 z = _mm512_div_ps(q, _mm512_sub_ps(_mm512_set1_ps(2.0f), q));
+  const __m512 z2 = _mm512_mul_ps(z, z);
+  __m512 acc = _mm512_set1_ps(1.0f / 15.0f);
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 13.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 11.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 9.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 7.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 5.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 3.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f));
+  const __m512 l = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), z), acc);
+  return _mm512_mask_mov_ps(l, dom, _mm512_set1_ps(log1m_top));
+}
+
+// 1 / (1 - p) for 16 items that are not dominant (p <= 1/2); the same small-p shortcut
+// (1 + p + ... + p^5, relative error below p^6 < 2e-11).
+inline __m512 inv1m16(__m512 p) {
+  const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
+  if (small == 0xFFFF) {
+    __m512 acc = _mm512_fmadd_ps(p, _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    return _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+  }
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sub_ps(_mm512_set1_ps(1.0f), p));
+}
+#else
+constexpr int64_t kLanes = 0;  // no vector path: the scalar loops do whole rows
+#endif
+
 struct StepScalars {
   float m, inv_s, log1m_top, inv_share;
 };
@@ -125,8 +202,22 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
   for (int64_t i = 0; i < n; ++i) m = std::max(m, b[i]);
   if (!std::isfinite(m)) m = 0.0f;
   float s = 0.0f, e_max = 0.0f;
-#pragma omp simd reduction(+ : s) reduction(max : e_max)
-  for (int64_t i = 0; i < n; ++i) {
+  const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
+#ifdef __AVX512F__
+  {
+    __m512 vs = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+    const __m512 vm = _mm512_set1_ps(m);
+    for (int64_t i = 0; i < vec_end; i += kLanes) {
+      const __m512 ev = exp16(_mm512_sub_ps(_mm512_loadu_ps(b + i), vm));
+      _mm512_storeu_ps(e + i, ev);
+      _mm512_storeu_ps(total + i, _mm512_setzero_ps());
+      vs = _mm512_add_ps(vs, ev);
+      vmax = _mm512_max_ps(vmax, ev);
+    }
+    s = _mm512_reduce_add_ps(vs), e_max = _mm512_reduce_max_ps(vmax);
+  }
+#endif
+  for (int64_t i = vec_end; i < n; ++i) {
     e[i] = fast_exp(b[i] - m);
     total[i] = 0.0f;
     s += e[i];
@@ -141,8 +232,25 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
     a[3 * aux_stride] = sc.inv_share;
     const float inv_s = sc.inv_s, log1m_top = sc.log1m_top;
     float s_next = 0.0f, e_max_next = 0.0f;
-#pragma omp simd reduction(+ : s_next) reduction(max : e_max_next)
-    for (int64_t i = 0; i < n; ++i) {
+#ifdef __AVX512F__
+    {
+      __m512 vs = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+      const __m512 vinv_s = _mm512_set1_ps(inv_s), vinv_tau = _mm512_set1_ps(inv_tau);
+      const __m512 vm = _mm512_set1_ps(m_next);
+      for (int64_t i = 0; i < vec_end; i += kLanes) {
+        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
+        _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
+        const __m512 bn = _mm512_fmadd_ps(log1m16(p, log1m_top), vinv_tau, _mm512_loadu_ps(b + i));
+        _mm512_storeu_ps(b + i, bn);
+        const __m512 en = exp16(_mm512_sub_ps(bn, vm));
+        _mm512_storeu_ps(e + i, en);
+        vs = _mm512_add_ps(vs, en);
+        vmax = _mm512_max_ps(vmax, en);
+      }
+      s_next = _mm512_reduce_add_ps(vs), e_max_next = _mm512_reduce_max_ps(vmax);
+    }
+#endif
+    for (int64_t i = vec_end; i < n; ++i) {
       const float p = e[i] * inv_s;
       total[i] += p;
       const bool dom = p > 0.5f;
@@ -162,13 +270,25 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
 void backward_row(const float* b0, const float* total_bar, float* b_bar, int64_t n, int64_t k,
                   float tau, const float* aux, int64_t aux_stride, float* ps, float* b) {
   const float inv_tau = 1.0f / tau;
+  const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
   std::memcpy(b, b0, n * sizeof(float));
   for (int64_t j = 0; j < k; ++j) {
     const float* a = aux + j * 4 * aux_stride;
     const float m = a[0], inv_s = a[aux_stride], log1m_top = a[2 * aux_stride];
     float* p = ps + j * n;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
+#ifdef __AVX512F__
+    {
+      const __m512 vm = _mm512_set1_ps(m), vinv_s = _mm512_set1_ps(inv_s);
+      const __m512 vinv_tau = _mm512_set1_ps(inv_tau);
+      for (int64_t i = 0; i < vec_end; i += kLanes) {
+        const __m512 bv = _mm512_loadu_ps(b + i);
+        const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
+        _mm512_storeu_ps(p + i, pi);
+        _mm512_storeu_ps(b + i, _mm512_fmadd_ps(log1m16(pi, log1m_top), vinv_tau, bv));
+      }
+    }
+#endif
+    for (int64_t i = vec_end; i < n; ++i) {
       const float pi = fast_exp(b[i] - m) * inv_s;
       p[i] = pi;
       const bool dom = pi > 0.5f;
@@ -195,8 +315,33 @@ void backward_row(const float* b0, const float* total_bar, float* b_bar, int64_t
     const float* p_prev = ps + (j > 0 ? j - 1 : 0) * n;
     const float top_term = g_top, softmax_dot = dot;
     float dot_prev = 0.0f, g_top_prev = 0.0f;
-#pragma omp simd reduction(+ : dot_prev, g_top_prev)
-    for (int64_t i = 0; i < n; ++i) {
+#ifdef __AVX512F__
+    {
+      const __m512 half = _mm512_set1_ps(0.5f), vinv_tau = _mm512_set1_ps(inv_tau);
+      const __m512 vdot = _mm512_set1_ps(softmax_dot), vtop = _mm512_set1_ps(top_term);
+      const __m512 share_m1 = _mm512_set1_ps(inv_share - 1.0f), minus1 = _mm512_set1_ps(-1.0f);
+      __m512 vdot_prev = _mm512_setzero_ps(), vg_top_prev = _mm512_setzero_ps();
+      for (int64_t i = 0; i < vec_end; i += kLanes) {
+        const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
+        const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
+        const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
+        const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
+        const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
+        const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
+        _mm512_storeu_ps(b_bar + i, bb);
+        const __m512 g = _mm512_mul_ps(bb, vinv_tau);
+        const __m512 pp = _mm512_loadu_ps(p_prev + i);
+        const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
+        const __m512 t_prev =
+            _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
+        _mm512_storeu_ps(t + i, t_prev);
+        vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
+        vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
+      }
+      dot_prev = _mm512_reduce_add_ps(vdot_prev), g_top_prev = _mm512_reduce_add_ps(vg_top_prev);
+    }
+#endif
+    for (int64_t i = vec_end; i < n; ++i) {
       const bool dom = p[i] > 0.5f;
       const float p_bar = total_bar[i] - t[i];
       const float bb =
