@@ -24,6 +24,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).parent / "cpu_kernel" / "relaxed_topk.cc"
@@ -42,7 +43,9 @@ def build() -> pathlib.Path:
   cxx = compiler()
   if cxx is None:
     raise RuntimeError("no C++ compiler (g++ or c++) found to build the prototype kernel")
-  digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+  # Rebuilt when the source, the flags or jaxlib (whose FFI headers it compiles against) change.
+  key = SOURCE.read_bytes() + " ".join([*FLAGS, jax.ffi.include_dir()]).encode()
+  digest = hashlib.sha256(key + jaxlib.__version__.encode()).hexdigest()[:16]
   out = pathlib.Path(tempfile.gettempdir()) / f"subsets_jax_cpu_kernel_{digest}.so"
   if not out.exists():
     tmp = out.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent builds do not clash
