@@ -44,12 +44,12 @@ def build() -> pathlib.Path:
   if cxx is None:
     raise RuntimeError("no C++ compiler (g++ or c++) found to build the prototype kernel")
   # Rebuilt when the source, the flags or jaxlib (whose FFI headers it compiles against) change.
-  key = SOURCE.read_bytes() + " ".join([*FLAGS, jax.ffi.include_dir()]).encode()
-  digest = hashlib.sha256(key + jaxlib.__version__.encode()).hexdigest()[:16]
+  include = jax.ffi.include_dir()
+  key = SOURCE.read_bytes() + " ".join([*FLAGS, include, jaxlib.__version__]).encode()
+  digest = hashlib.sha256(key).hexdigest()[:16]
   out = pathlib.Path(tempfile.gettempdir()) / f"subsets_jax_cpu_kernel_{digest}.so"
   if not out.exists():
     tmp = out.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent builds do not clash
-    include = jax.ffi.include_dir()
     cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(tmp)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:

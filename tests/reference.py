@@ -1,4 +1,4 @@
-"""Independent float64 NumPy references used by the tests (not by the library)."""
+"""Independent float64 NumPy references for the tests (not the library), and shared inputs."""
 
 import itertools
 
@@ -41,3 +41,12 @@ def all_orders(n, k):
 
 def all_sets(n, k):
   return list(itertools.combinations(range(n), k))
+
+
+def hard_rows(rng, rows, n):
+  """float32 `[rows >= 3, n >= 8]` scores whose first rows stress the relaxation's edge cases."""
+  scores = rng.normal(size=(rows, n)).astype(np.float32) * 2
+  scores[0, 5] = -np.inf  # excluded item
+  scores[1, 3] = 25.0  # dominant: others' weight about 1e-9 of its own
+  scores[2, 7] = 150.0  # others' weight underflows: the runner-up gap stands in
+  return scores

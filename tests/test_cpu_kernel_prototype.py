@@ -15,10 +15,7 @@ pytestmark = pytest.mark.skipif(kernel.compiler() is None, reason="no C++ compil
 
 
 def _scores(rng, rows, n):
-  scores = rng.normal(size=(rows, n)).astype(np.float32) * 2
-  scores[0, 5] = -np.inf  # excluded item
-  scores[1, 3] = 25.0  # dominant: others' weight about 1e-9 of its own
-  scores[2, 6] = 150.0  # others' weight underflows: the runner-up gap stands in
+  scores = reference.hard_rows(rng, rows, n)
   scores[3, :4] = scores[3, 4] + 3.0  # a four-way tie at the top
   return scores
 

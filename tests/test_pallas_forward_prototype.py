@@ -9,19 +9,11 @@ from subsets_jax._src import relaxed_topk
 from tests import reference
 
 
-def _scores(rng, rows, n):
-  scores = rng.normal(size=(rows, n)).astype(np.float32) * 2
-  scores[0, 5] = -np.inf  # excluded item
-  scores[1, 3] = 25.0  # dominant: others' weight about 1e-9 of its own
-  scores[2, 7] = 150.0  # others' weight underflows: the runner-up gap stands in
-  return scores
-
-
 # chunk < n exercises the online merge of chunk statistics and the masked last chunk.
 @pytest.mark.parametrize("n,k,chunk", [(300, 5, 128), (100, 9, 16), (40, 20, 16)])
 @pytest.mark.parametrize("tau", [0.5, 2.0])
 def test_matches_reference_and_library_scalars(n, k, chunk, tau, rng):
-  scores = _scores(rng, 4, n)
+  scores = reference.hard_rows(rng, 4, n)
   b = pallas_forward.scaled_rows(jnp.asarray(scores), tau)
   total, aux = pallas_forward.forward_rows(b, tau, k, chunk=chunk, interpret=True)
   lib_total, lib_aux = relaxed_topk._forward_rows(b, jnp.float32(tau), k, blocked=False)

@@ -33,14 +33,21 @@ def check_k(k, n: int, *, name: str = "k") -> int:
   return k
 
 
-def check_scores(scores, *, name: str = "scores") -> jax.Array:
-  """Real floating array of rank >= 1; returns it as a `jax.Array`."""
-  dtype = jnp.result_type(scores)
+def _check_floating(dtype, name: str) -> None:
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"{name} must be a real floating array (log-weights); got dtype {dtype}.")
-  scores = jnp.asarray(scores)
-  if scores.ndim < 1:
+
+
+def _check_has_item_axis(shape, name: str) -> None:
+  if len(shape) < 1:
     raise ValueError(f"{name} must have rank >= 1 (items on the last axis); got a scalar.")
+
+
+def check_scores(scores, *, name: str = "scores") -> jax.Array:
+  """Real floating array of rank >= 1; returns it as a `jax.Array`."""
+  _check_floating(jnp.result_type(scores), name)
+  scores = jnp.asarray(scores)
+  _check_has_item_axis(scores.shape, name)
   if scores.shape[-1] < 1:
     raise ValueError(f"{name} must have at least one item on its last axis.")
   if is_concrete(scores):
@@ -60,12 +67,8 @@ def check_shape_source(scores, *, name: str = "scores") -> None:
       f"{name} must be an array (only its shape and dtype are used; for a shape alone "
       f"pass jax.ShapeDtypeStruct(shape, dtype)); got {type(scores).__name__}."
     )
-  if not jnp.issubdtype(scores.dtype, jnp.floating):
-    raise TypeError(
-      f"{name} must be a real floating array (log-weights); got dtype {scores.dtype}."
-    )
-  if len(scores.shape) < 1:
-    raise ValueError(f"{name} must have rank >= 1 (items on the last axis); got a scalar.")
+  _check_floating(scores.dtype, name)
+  _check_has_item_axis(scores.shape, name)
 
 
 def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> None:
