@@ -1,15 +1,15 @@
-"""CPU experiment: the relaxed top-k as a hand-fused C++ kernel against the library and PyTorch.
+"""The relaxed top-k's CPU implementations side by side: XLA, the C++ kernel, PyTorch.
 
   python -m benchmarks.bench_cpu_kernel [--repeats 12] [--no_torch] [--out results.json]
 
 Per op-benchmark case, timed interleaved in one process (medians): the noise-free
-forward and forward+backward (value and gradient of `sum(w * soft_topk(s))`) of the library
-(`subsets_jax.soft_topk`), of the prototype kernel (`benchmarks/cpu_kernel_prototype.py`) and
-of the seed's PyTorch recursion on the same scores; forward+backward with Gumbel noise (the
-library's `gumbel_noise` + the kernel, against `SubsetOperator`); the roofline floor as in
-`bench_op`. The kernel's loss value and gradient are compared with the library's first
-(the gradient's max |diff| is printed and stored; the accuracy checks are in
-`tests/test_cpu_kernel_prototype.py`).
+forward and forward+backward (value and gradient of `sum(w * soft_topk(s))`) with
+`implementation="xla"` (the default) and `implementation="cpu_kernel"` (the fused C++ kernel,
+`subsets_jax/_src/csrc/relaxed_topk.cc`), and the seed's PyTorch recursion on the same scores;
+forward+backward with Gumbel noise (`gumbel_topk_relaxed(..., implementation="cpu_kernel")`
+against `SubsetOperator`); the roofline floor as in `bench_op`. The kernel's loss value and
+gradient are compared with XLA's first (the gradient's max |diff| is printed and stored; the
+accuracy checks are in `tests/test_cpu_kernel.py`).
 """
 
 from __future__ import annotations
@@ -23,23 +23,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import subsets_jax as sj
-from benchmarks import cpu_kernel_prototype as kernel
 from benchmarks.bench_op import CASES, TAU, measure_ceilings, roofline_floor
 from benchmarks.common import median_times, restart_for_timing, write_results
+from subsets_jax._src import cpu_kernel
 
 
 def jax_contenders(k: int, scores, w, key):
   """Name -> no-argument call that waits for its result."""
 
-  def fns(topk):
-    fwd = jax.jit(lambda s: topk(s, k, TAU))
-    fwd_bwd = jax.jit(jax.value_and_grad(lambda s: jnp.sum(w * topk(s, k, TAU))))
+  def fns(impl):
+    topk = lambda s: sj.soft_topk(s, k, TAU, implementation=impl)
+    fwd = jax.jit(topk)
+    fwd_bwd = jax.jit(jax.value_and_grad(lambda s: jnp.sum(w * topk(s))))
     return fwd, fwd_bwd
 
-  (lib_fwd, lib_fwd_bwd), (ker_fwd, ker_fwd_bwd) = fns(sj.soft_topk), fns(kernel.soft_topk)
-  noisy = jax.jit(
-    jax.value_and_grad(lambda s: jnp.sum(w * kernel.soft_topk(s + sj.gumbel_noise(key, s), k, TAU)))
-  )
+  (lib_fwd, lib_fwd_bwd), (ker_fwd, ker_fwd_bwd) = fns("xla"), fns("cpu_kernel")
+  relaxed = lambda s: sj.gumbel_topk_relaxed(key, s, k, TAU, implementation="cpu_kernel")
+  noisy = jax.jit(jax.value_and_grad(lambda s: jnp.sum(w * relaxed(s))))
   wait = jax.block_until_ready
   return {
     "lib_fwd_s": lambda: wait(lib_fwd(scores)),
@@ -57,7 +57,7 @@ def main() -> None:
   p.add_argument("--out", default=None, help="write the results as JSON here")
   args = p.parse_args()
   restart_for_timing(1, "benchmarks.bench_cpu_kernel")
-  kernel.register()
+  cpu_kernel.library()
   torch = None
   if not args.no_torch:
     import torch
@@ -68,7 +68,7 @@ def main() -> None:
     "date": time.strftime("%Y-%m-%d"),
     "jax": jax.__version__,
     "torch": None if torch is None else torch.__version__,
-    "kernel_flags": kernel.FLAGS,
+    "kernel_flags": list(cpu_kernel.FLAGS),
     "cases": [],
   }
   ceilings = measure_ceilings(args.repeats)

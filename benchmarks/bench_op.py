@@ -1,7 +1,7 @@
 """Op benchmark: relaxed top-k (JAX) vs the seed's PyTorch SubsetOperator, roofline, memory.
 
   python -m benchmarks.bench_op [--cases small|all] [--repeats 12] [--out results.json]
-                                [--xla_cpu_vector_width 512]
+                                [--xla_cpu_vector_width 512] [--implementation cpu_kernel]
 
 Prints, per (B, N, k) case: median forward and forward+backward times for JAX (jit) and
 PyTorch (eager, same inputs), with the Gumbel noise (`gumbel_topk_relaxed` vs the seed's
@@ -11,7 +11,8 @@ forward+backward, and the compiled peak temporary memory of forward+backward as 
 All contenders of a case are timed interleaved (round-robin), so drifts of this VM's speed
 hit them alike. `--xla_cpu_vector_width 512` compiles every JAX function here with XLA:CPU's
 `xla_cpu_prefer_vector_width` option (a user's `jax.jit(..., compiler_options=...)`; AVX-512
-machines), ceilings included.
+machines), ceilings included. `--implementation cpu_kernel` times the library's fused C++
+CPU kernel instead of its XLA form (the memory figures then add the kernel's scratch pool).
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ from benchmarks.common import (
   torch_sync,
   write_results,
 )
-from subsets_jax._src import sharding
+from subsets_jax._src import cpu_kernel, sharding
 
 CASES = [(100, 100, 9), (100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
 TAU = 1.0
 
 
-def jax_fns(k: int, vjp: str, jit=jax.jit):
-  fwd = jit(lambda key, s: sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
+def jax_fns(k: int, vjp: str, jit=jax.jit, implementation: str = "xla"):
+  kw = {"vjp": vjp, "implementation": implementation}
+  fwd = jit(lambda key, s: sj.gumbel_topk_relaxed(key, s, k, TAU, **kw))
 
   def loss(s, key, w):
-    return jnp.sum(w * sj.gumbel_topk_relaxed(key, s, k, TAU, vjp=vjp))
+    return jnp.sum(w * sj.gumbel_topk_relaxed(key, s, k, TAU, **kw))
 
   fwd_bwd = jit(jax.value_and_grad(loss))
   return fwd, fwd_bwd
@@ -78,10 +80,17 @@ def roofline_floor(b, n, k, ceilings, backward: bool) -> float:
   )
 
 
-def fwd_bwd_temp_bytes(b, n, k, vjp, jit=jax.jit) -> int:
-  _, fwd_bwd = jax_fns(k, vjp, jit)
+def fwd_bwd_temp_bytes(b, n, k, vjp, jit=jax.jit, implementation="xla") -> int:
+  """XLA's compiled temporaries; with the C++ kernel, plus what its scratch pool holds after
+  the call (the pool keeps its largest buffers: call with k ascending, before larger cases)."""
+  _, fwd_bwd = jax_fns(k, vjp, jit, implementation)
   s = jax.ShapeDtypeStruct((b, n), jnp.float32)
-  return compiled_temp_bytes(fwd_bwd, s, jax.random.key(0), s)
+  temp = compiled_temp_bytes(fwd_bwd, s, jax.random.key(0), s)
+  if implementation == "cpu_kernel":
+    x = jnp.ones((b, n), jnp.float32)
+    jax.block_until_ready(fwd_bwd(x, jax.random.key(0), x))
+    temp += cpu_kernel.scratch_bytes()
+  return temp
 
 
 def print_budgets(rows: list[dict]) -> None:
@@ -113,6 +122,12 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=12)
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--vjp", choices=("recompute", "autodiff"), default="recompute")
+  p.add_argument(
+    "--implementation",
+    choices=("xla", "cpu_kernel"),
+    default="xla",
+    help="the library's implementation timed (cpu_kernel: its fused C++ CPU kernel)",
+  )
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument(
     "--xla_cpu_vector_width",
@@ -140,6 +155,7 @@ def main() -> None:
     "date": time.strftime("%Y-%m-%d"),
     "jax": jax.__version__,
     "compiler_options": options,
+    "implementation": args.implementation,
     "cases": [],
   }
   if torch is not None:
@@ -151,6 +167,20 @@ def main() -> None:
     f"device {jax.devices()[0]}; bandwidth {ceilings['bandwidth_gb_s']:.1f} GB/s, "
     f"exp {ceilings['exp_per_s'] / 1e9:.2f} G/s; JAX compiler options {options}"
   )
+  # First: the C++ kernel's scratch pool then holds what these calls need, not a larger case's.
+  print("compiled temporary memory of forward+backward, B=100, N=10000 (MB):")
+  results["memory"] = []
+  vjps = ("recompute",) if args.implementation == "cpu_kernel" else ("recompute", "autodiff")
+  for vjp in vjps:
+    line = {"vjp": vjp}
+    for k in (1, 8, 64, 256):
+      line[k] = fwd_bwd_temp_bytes(100, 10000, k, vjp, jit, args.implementation) / 2**20
+    results["memory"].append(line)
+    print(
+      f"  {vjp:>9}: "
+      + ", ".join(f"k={k}: {line[k]:.1f}" for k in (1, 8, 64, 256))
+      + f"   (k=256 / k=8 = {line[256] / line[8]:.2f})"
+    )
   header = (
     f"{'B':>4} {'N':>7} {'k':>3} | {'jax fwd':>8} {'torch':>8} {'ratio':>5} | "
     f"{'jax f+b':>8} {'torch':>8} {'ratio':>5} | {'soft f+b':>8} {'torch':>8} {'ratio':>5} | "
@@ -164,11 +194,10 @@ def main() -> None:
     w_np = rng.normal(size=(b, n)).astype(np.float32)
     scores, w = sharding.shard_batch((scores_np, w_np), mesh)
     key = jax.random.key(1)
-    fwd, fwd_bwd = jax_fns(k, args.vjp, jit)
+    fwd, fwd_bwd = jax_fns(k, args.vjp, jit, args.implementation)
     perturbed = jax.block_until_ready(scores + sj.gumbel_noise(key, scores))
-    soft_fwd_bwd = jit(
-      jax.value_and_grad(lambda s, w: jnp.sum(w * sj.soft_topk(s, k, TAU, vjp=args.vjp)))
-    )
+    soft = lambda s: sj.soft_topk(s, k, TAU, vjp=args.vjp, implementation=args.implementation)
+    soft_fwd_bwd = jit(jax.value_and_grad(lambda s, w: jnp.sum(w * soft(s))))
     noise = jit(sj.gumbel_noise)
     fns = {
       "jax_noise_s": lambda: noise(key, scores).block_until_ready(),
@@ -182,7 +211,7 @@ def main() -> None:
       ts, tw = torch.from_numpy(scores_np).to(dev), torch.from_numpy(w_np).to(dev)
       tp = torch.from_numpy(np.array(perturbed)).to(dev)
       # Same function: compare on the same perturbed scores, where the clamp is inactive.
-      ours = np.asarray(sj.soft_topk(perturbed, k, TAU))
+      ours = np.asarray(soft(perturbed))
       theirs = torch_reference.subset_operator(tp, k, TAU, noise=False).cpu().numpy()
       row["max_abs_diff_vs_torch"] = float(np.abs(ours - theirs).max())
 
@@ -227,18 +256,6 @@ def main() -> None:
     )
   if torch is not None:
     print_budgets(results["cases"])
-  print("\ncompiled temporary memory of forward+backward, B=100, N=10000 (MB):")
-  results["memory"] = []
-  for vjp in ("recompute", "autodiff"):
-    line = {"vjp": vjp}
-    for k in (1, 8, 64, 256):
-      line[k] = fwd_bwd_temp_bytes(100, 10000, k, vjp, jit) / 2**20
-    results["memory"].append(line)
-    print(
-      f"  {vjp:>9}: "
-      + ", ".join(f"k={k}: {line[k]:.1f}" for k in (1, 8, 64, 256))
-      + f"   (k=256 / k=8 = {line[256] / line[8]:.2f})"
-    )
   write_results(args.out, results)
 
 

@@ -60,7 +60,7 @@ def pairwise_sq_distances(
   return jnp.maximum(q_sq + x_sq - 2 * cross, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_samples", "hard"))
+@functools.partial(jax.jit, static_argnames=("k", "num_samples", "hard", "implementation"))
 def dknn_loss(
   key: ArrayLike,
   query_emb: ArrayLike,
@@ -72,6 +72,7 @@ def dknn_loss(
   tau: ArrayLike,
   num_samples: int = 1,
   hard: bool = False,
+  implementation: str = "xla",
 ) -> jax.Array:
   """Differentiable kNN loss: minus the relaxed top-k mass on same-class neighbours.
 
@@ -95,6 +96,7 @@ def dknn_loss(
     tau: temperature > 0 (may be traced).
     num_samples: Gumbel draws averaged per query (static).
     hard: straight-through exact k-hot forward.
+    implementation: "xla" or "cpu_kernel", as in `soft_topk` (static).
 
   Returns:
     Scalar loss in `[-k, 0]`.
@@ -118,7 +120,9 @@ def dknn_loss(
   same_class = (query_labels[:, None] == neighbor_labels[None, :]).astype(scores.dtype)
 
   def one_draw(draw_key):
-    khot = relaxed_topk.gumbel_topk_relaxed(draw_key, scores, k, tau, hard=hard)
+    khot = relaxed_topk.gumbel_topk_relaxed(
+      draw_key, scores, k, tau, hard=hard, implementation=implementation
+    )
     return -jnp.mean(jnp.sum(same_class * khot, axis=-1))
 
   return jnp.mean(jax.vmap(one_draw)(jax.random.split(key, num_samples)))

@@ -1,0 +1,136 @@
+"""The relaxed top-k's fused C++ CPU kernel (`implementation="cpu_kernel"`), through the XLA FFI.
+
+`csrc/relaxed_topk.cc` runs the same recursion as the library's XLA:CPU form (the carried
+shift, the per-step scalars, the dominant-item rules, the analytic backward replayed in
+segments of 16 steps) with one pass over each row per step instead of XLA's three or more
+fusions. It is compiled on first use with the machine's C++ compiler (`$CXX`, else `g++` or
+`c++`) for the machine's own CPU (`-march=native`: AVX-512 intrinsics where the CPU has them),
+against the FFI headers of the installed jaxlib, into a cache folder keyed by all of these,
+and registered as the XLA FFI targets `SjRelaxedTopkForward` / `SjRelaxedTopkBackward`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).parent / "csrc" / "relaxed_topk.cc"
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd")
+FLAGS += ("-std=c++17", "-shared", "-fPIC")
+# Overrides the folder of compiled kernels (default: the system's temporary folder).
+CACHE_ENV = "SUBSETS_JAX_KERNEL_CACHE"
+
+
+def compiler() -> str | None:
+  """The C++ compiler that builds the kernel (`$CXX`, `g++` or `c++`), or None."""
+  return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def _cpu_signature() -> str:
+  """What `-march=native` compiles for: the CPU's model and flags (Linux), else the platform."""
+  try:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    import platform
+
+    return platform.processor() + platform.machine()
+  lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+  return "\n".join(sorted(set(lines)))
+
+
+def _build() -> pathlib.Path:
+  cxx = compiler()
+  if cxx is None:
+    raise RuntimeError(
+      "implementation='cpu_kernel' compiles a C++ kernel on first use, but no C++ compiler "
+      "was found ($CXX, g++ or c++); install one or use implementation='xla'."
+    )
+  include = jax.ffi.include_dir()
+  setup = " ".join([cxx, *FLAGS, include, jaxlib.__version__])
+  key = b"\n".join([SOURCE.read_bytes(), setup.encode(), _cpu_signature().encode()])
+  digest = hashlib.sha256(key).hexdigest()[:20]
+  folder = pathlib.Path(os.environ.get(CACHE_ENV) or tempfile.gettempdir())
+  out = folder / f"subsets_jax_relaxed_topk_{digest}.so"
+  if not out.exists():
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent builds do not clash
+    cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(tmp)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+      raise RuntimeError(
+        f"building the cpu_kernel failed ({' '.join(cmd)}); use implementation='xla'.\n"
+        f"{done.stderr[-4000:]}"
+      )
+    tmp.replace(out)
+  return out
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+  """Builds (once per source, compiler, flags, jaxlib and CPU) and loads the kernel.
+
+  Registers its handlers as CPU FFI targets. Raises RuntimeError when it cannot be built.
+  """
+  lib = ctypes.cdll.LoadLibrary(str(_build()))
+  for name in ("SjRelaxedTopkForward", "SjRelaxedTopkBackward"):
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+  lib.SjScratchBytes.restype = ctypes.c_int64
+  return lib
+
+
+def scratch_bytes() -> int:
+  """Bytes the kernel's scratch pool holds (kept between calls; beyond XLA's own buffers)."""
+  return int(library().SjScratchBytes())
+
+
+# `broadcast_all`: a vmapped call is one kernel call over the batched rows (the kernel reads
+# every leading axis as rows, and tau as one value per group of consecutive rows).
+def _forward(scores: jax.Array, tau: jax.Array, k: int):
+  out = (
+    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
+    jax.ShapeDtypeStruct((*scores.shape[:-1], k, 4), jnp.float32),
+  )
+  call = jax.ffi.ffi_call("SjRelaxedTopkForward", out, vmap_method="broadcast_all")
+  return call(scores, tau, k=np.int64(k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def relaxed_topk(scores: jax.Array, tau: jax.Array, k: int) -> jax.Array:
+  """Sum of the k relaxed steps' softmaxes of float32 `[..., n]` scores, float32 scalar `tau`.
+
+  Computes `(scores - row max) / tau` itself (excluded `-inf` items kept); the caller has
+  checked the arguments. Differentiable in `scores` and `tau` (reverse mode).
+  """
+  library()
+  return _forward(scores, tau, k)[0]
+
+
+def _relaxed_topk_fwd(scores, tau, k):
+  library()
+  total, aux = _forward(scores, tau, k)
+  return total, (scores, aux, tau)
+
+
+def _relaxed_topk_bwd(k, residuals, total_bar):
+  scores, aux, tau = residuals
+  out = (
+    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
+    jax.ShapeDtypeStruct(scores.shape[:-1], jnp.float32),
+  )
+  call = jax.ffi.ffi_call("SjRelaxedTopkBackward", out, vmap_method="broadcast_all")
+  scores_bar, tau_bar_rows = call(scores, total_bar, aux, tau, k=np.int64(k))
+  return scores_bar, jnp.sum(tau_bar_rows).astype(tau.dtype)
+
+
+relaxed_topk.defvjp(_relaxed_topk_fwd, _relaxed_topk_bwd)

@@ -1,0 +1,607 @@
+// The relaxed top-k on CPU as one fused C++ kernel per row, called from JAX through the XLA
+// FFI: `implementation="cpu_kernel"` of subsets_jax's `soft_topk` (see cpu_kernel.py, which
+// compiles this file on first use). It runs the library's CPU form (relaxed_topk.py,
+// `_carried_forward` / `_exact_forward` and `_block_backward`): the same carried
+// e = exp(b - m), per-step scalars, dominant-item rules and analytic backward, with far fewer
+// passes over each row than XLA:CPU's fusions need.
+//
+// Forward, per row of b = (scores - row max) / tau (computed here too): k steps, each ONE pass
+// over the row for tau >= 1/16 (XLA:CPU needs three or more): the pass applies step j with the
+// scalars gathered by the pass before (p = e / s, total += p, b += log(1 - p) / tau) and writes
+// e = exp(b - m_next) for step j + 1 while summing it and taking its maximum. Below tau = 1/16
+// a second pass per step shifts by the exact maximum. The dominant item's other weights and
+// runner-up (rows with p_top > 1/2) take one extra pass, as under the library's `lax.cond`.
+// Stores the library's per-step scalars [m, 1/s, log1m_top, inv_share] per row and step.
+// Backward: replays the steps' p from those scalars (bitwise the forward's), in segments of at
+// most 16 steps, and walks back with `_step_vjp`'s formulas, one pass per step (each pass
+// applies step j and sums step j - 1's reductions, tau's term included). Rows are shared out
+// over XLA's CPU thread pool.
+//
+// With AVX-512 (`-march=native` on such a CPU) the hot loops are written with intrinsics, 16
+// items at a time: `exp` by a degree-7 polynomial and `vscalefps`, and for a block of 16 items
+// that all have p < 1/64 (nearly all of them at large n) log(1 - p) and 1 / (1 - p) by short
+// series instead of a division (forward 19 -> 11.6 ms at (100, 60000, 9)); elsewhere plain
+// loops that the compiler vectorises. float32 only.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr float kOthersFloor = 1e-28f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// From this tau on, the forward carries e with a shift bounded from the step's scalars
+// (relaxed_topk.py, `_CARRIED_TAU_MIN`); below, each step takes the exact maximum.
+constexpr float kCarriedTauMin = 1.0f / 16;
+
+// exp(x) for x <= 0 (b - m with m >= max(b) up to rounding; -inf gives 0): 2^i * 2^f with a
+// degree-7 polynomial for 2^f on [-1/2, 1/2]; written so that GCC vectorises the loops that
+// call it. Taylor remainder below 6e-9, so a few ulps with rounding. (With degree 6, 1.2e-7,
+// the tau gradient of a row with an overwhelming top item was off by 25x XLA's error; now 9x,
+// 3e-4 of its value.) tests/test_cpu_kernel.py bounds the effect on values and gradients.
+inline float fast_exp(float x) {
+  x = std::max(x, -87.0f);  // below: 0 (flushed by the scale), and -inf stays finite here
+  const float t = x * 1.44269504088896341f;
+  const float i = std::nearbyint(t);
+  const float f = t - i;  // [-1/2, 1/2]
+  // 2^f = exp(f ln 2): Taylor coefficients of exp times powers of ln 2.
+  float p = 1.5252733804059838e-5f;
+  p = p * f + 1.5403530393381606e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(i) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x <= -87.0f ? 0.0f : p * scale;
+}
+
+// The library's `_log1m`: log(1 - p) for 0 <= p <= 1/2 as -2 atanh(p / (2 - p)), odd series.
+inline float log1m_series(float p) {
+  const float z = p / (2.0f - p);
+  const float z2 = z * z;
+  float acc = 1.0f / 15.0f;
+  acc = acc * z2 + 1.0f / 13.0f;
+  acc = acc * z2 + 1.0f / 11.0f;
+  acc = acc * z2 + 1.0f / 9.0f;
+  acc = acc * z2 + 1.0f / 7.0f;
+  acc = acc * z2 + 1.0f / 5.0f;
+  acc = acc * z2 + 1.0f / 3.0f;
+  acc = acc * z2 + 1.0f;
+  return -2.0f * z * acc;
+}
+
+// b = (scores - row max) / tau, -inf kept: `_scaled_rows` for one row (its operations).
+void scaled_row(const float* scores, float* b, int64_t n, float tau) {
+  float row_max = kNegInf;
+#pragma omp simd reduction(max : row_max)
+  for (int64_t i = 0; i < n; ++i) row_max = std::max(row_max, scores[i]);
+  if (!std::isfinite(row_max)) row_max = 0.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const bool alive = scores[i] > kNegInf;
+    b[i] = alive ? ((alive ? scores[i] : 0.0f) - row_max) / tau : kNegInf;
+  }
+}
+
+#ifdef __AVX512F__
+// 16 lanes at a time, for blocks of 16 items; the scalar functions above do the row's tail.
+// The forward and the backward's replay split rows the same way, so they stay bitwise equal.
+constexpr int64_t kLanes = 16;
+
+inline __m512 exp16(__m512 x) {
+  const __mmask16 alive = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, i);
+  __m512 p = _mm512_set1_ps(1.5252733804059838e-5f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381606e-4f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(alive, _mm512_scalef_ps(p, i));
+}
+
+// log(1 - p) for 16 items; p > 1/2 (the dominant item) gives `log1m_top`. A block whose items
+// all have p < 1/64 (nearly all of them for large n) takes -p (1 + p/2 + p^2/3 + p^3/4 + p^4/5),
+// relative error below p^5 / 6 < 2e-10, instead of the division and the atanh series.
+inline __m512 log1m16(__m512 p, float log1m_top) {
+  const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
+  if (small == 0xFFFF) {
+    __m512 acc = _mm512_set1_ps(0.2f);
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(0.25f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f / 3.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(0.5f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    return _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), p), acc);
+  }
+  const __mmask16 dom = _mm512_cmp_ps_mask(p, _mm512_set1_ps(0.5f), _CMP_GT_OQ);
+  const __m512 q = _mm512_maskz_mov_ps(~dom, p);
+  const __m512 z = _mm512_div_ps(q, _mm512_sub_ps(_mm512_set1_ps(2.0f), q));
+  const __m512 z2 = _mm512_mul_ps(z, z);
+  __m512 acc = _mm512_set1_ps(1.0f / 15.0f);
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 13.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 11.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 9.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 7.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 5.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 3.0f));
+  acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f));
+  const __m512 l = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), z), acc);
+  return _mm512_mask_mov_ps(l, dom, _mm512_set1_ps(log1m_top));
+}
+
+// 1 / (1 - p) for 16 items that are not dominant (p <= 1/2); the same small-p shortcut
+// (1 + p + ... + p^5, relative error below p^6 < 2e-11).
+inline __m512 inv1m16(__m512 p) {
+  const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
+  if (small == 0xFFFF) {
+    __m512 acc = _mm512_fmadd_ps(p, _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+    return _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
+  }
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sub_ps(_mm512_set1_ps(1.0f), p));
+}
+#else
+constexpr int64_t kLanes = 0;  // no vector path: the scalar loops do whole rows
+#endif
+
+struct StepScalars {
+  float m, inv_s, log1m_top, inv_share;
+};
+
+// The scalars of one step from e = exp(b - m): `_shifted_step` for one row; returns m_next.
+float step_scalars(const float* b, const float* e, int64_t n, float m, float s, float e_max,
+                   float tau, StepScalars* out) {
+  const float inv_s = 1.0f / (s > 0.0f ? s : 1.0f);
+  const bool dominant = e_max * inv_s > 0.5f;
+  float others = s, runner_up = kNegInf;
+  if (dominant) {
+    others = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      if (e[i] != e_max) {
+        others += e[i];
+        runner_up = std::max(runner_up, b[i]);
+      }
+    }
+  }
+  const float log_e_max = std::log(e_max > 0.0f ? e_max : 1.0f);
+  const float top = m + log_e_max;
+  const bool use_log = others > kOthersFloor * e_max;
+  const bool needs_gap = !use_log && s < 2.0f * e_max && std::isfinite(runner_up);
+  const float gap = needs_gap ? runner_up - top : 0.0f;
+  const float log_others = use_log ? std::log(others) : gap + log_e_max;
+  const float log1m_top = log_others + std::log(inv_s);
+  *out = {m, inv_s, log1m_top, use_log ? std::exp(-log1m_top) : 0.0f};
+  float m_next = dominant ? std::max(top + log1m_top / tau, runner_up) : top;
+  return e_max > 0.0f ? m_next : m;
+}
+
+// `_row_max`: the row's maximum, 0 when it is not finite (a row of -inf).
+float row_max(const float* b, int64_t n) {
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, b[i]);
+  return std::isfinite(m) ? m : 0.0f;
+}
+
+// e = exp(b - m) over the row; returns its sum and maximum.
+void exp_pass(const float* b, float* e, int64_t n, float m, float* s_out, float* e_max_out) {
+  float s = 0.0f, e_max = 0.0f;
+  const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
+#ifdef __AVX512F__
+  {
+    __m512 vs = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+    const __m512 vm = _mm512_set1_ps(m);
+    for (int64_t i = 0; i < vec_end; i += kLanes) {
+      const __m512 ev = exp16(_mm512_sub_ps(_mm512_loadu_ps(b + i), vm));
+      _mm512_storeu_ps(e + i, ev);
+      vs = _mm512_add_ps(vs, ev);
+      vmax = _mm512_max_ps(vmax, ev);
+    }
+    s = _mm512_reduce_add_ps(vs), e_max = _mm512_reduce_max_ps(vmax);
+  }
+#endif
+  for (int64_t i = vec_end; i < n; ++i) {
+    e[i] = fast_exp(b[i] - m);
+    s += e[i];
+    e_max = std::max(e_max, e[i]);
+  }
+  *s_out = s, *e_max_out = e_max;
+}
+
+// One row's forward. b: the row (overwritten), e: scratch, total: output, aux: [k, 4].
+// tau >= kCarriedTauMin: `_carried_forward`, one pass per step (apply step j, write step
+// j + 1's e = exp(b - m_next) with the shift bounded from step j's scalars, sum it and take its
+// maximum). Below: `_exact_forward`, a second pass per step after the row's exact maximum.
+void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float tau, float* aux) {
+  const bool carried = tau >= kCarriedTauMin;
+  float m = row_max(b, n), s, e_max;
+  exp_pass(b, e, n, m, &s, &e_max);
+  std::fill(total, total + n, 0.0f);
+  const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
+  const float inv_tau = 1.0f / tau;
+  for (int64_t j = 0; j < k; ++j) {
+    StepScalars sc;
+    float m_next = step_scalars(b, e, n, m, s, e_max, tau, &sc);
+    float* a = aux + j * 4;
+    a[0] = sc.m, a[1] = sc.inv_s, a[2] = sc.log1m_top, a[3] = sc.inv_share;
+    if (j == k - 1) {  // the last step's b and e are not needed
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) total[i] += e[i] * sc.inv_s;
+      break;
+    }
+    const float inv_s = sc.inv_s, log1m_top = sc.log1m_top;
+    float s_next = 0.0f, e_max_next = 0.0f, b_max = kNegInf;
+#ifdef __AVX512F__
+    {
+      __m512 vs = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+      __m512 vb_max = _mm512_set1_ps(kNegInf);
+      const __m512 vinv_s = _mm512_set1_ps(inv_s), vinv_tau = _mm512_set1_ps(inv_tau);
+      const __m512 vm = _mm512_set1_ps(m_next);
+      for (int64_t i = 0; i < vec_end; i += kLanes) {
+        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
+        _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
+        const __m512 bn = _mm512_fmadd_ps(log1m16(p, log1m_top), vinv_tau, _mm512_loadu_ps(b + i));
+        _mm512_storeu_ps(b + i, bn);
+        if (carried) {
+          const __m512 en = exp16(_mm512_sub_ps(bn, vm));
+          _mm512_storeu_ps(e + i, en);
+          vs = _mm512_add_ps(vs, en);
+          vmax = _mm512_max_ps(vmax, en);
+        } else {
+          vb_max = _mm512_max_ps(vb_max, bn);
+        }
+      }
+      s_next = _mm512_reduce_add_ps(vs), e_max_next = _mm512_reduce_max_ps(vmax);
+      b_max = _mm512_reduce_max_ps(vb_max);
+    }
+#endif
+    for (int64_t i = vec_end; i < n; ++i) {
+      const float p = e[i] * inv_s;
+      total[i] += p;
+      const bool dom = p > 0.5f;
+      const float l = dom ? log1m_top : log1m_series(dom ? 0.0f : p);
+      const float bn = b[i] + l * inv_tau;
+      b[i] = bn;
+      if (carried) {
+        const float en = fast_exp(bn - m_next);
+        e[i] = en;
+        s_next += en;
+        e_max_next = std::max(e_max_next, en);
+      } else {
+        b_max = std::max(b_max, bn);
+      }
+    }
+    if (!carried) {
+      m_next = std::isfinite(b_max) ? b_max : 0.0f;
+      exp_pass(b, e, n, m_next, &s_next, &e_max_next);
+    }
+    m = m_next, s = s_next, e_max = e_max_next;
+  }
+}
+
+// Replays step j on b from its scalars (bitwise the forward's p); stores p when `p_out`.
+void replay_step(float* b, float* p_out, int64_t n, float inv_tau, const float* a) {
+  const float m = a[0], inv_s = a[1], log1m_top = a[2];
+  const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
+#ifdef __AVX512F__
+  {
+    const __m512 vm = _mm512_set1_ps(m), vinv_s = _mm512_set1_ps(inv_s);
+    const __m512 vinv_tau = _mm512_set1_ps(inv_tau);
+    for (int64_t i = 0; i < vec_end; i += kLanes) {
+      const __m512 bv = _mm512_loadu_ps(b + i);
+      const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
+      if (p_out) _mm512_storeu_ps(p_out + i, pi);
+      _mm512_storeu_ps(b + i, _mm512_fmadd_ps(log1m16(pi, log1m_top), vinv_tau, bv));
+    }
+  }
+#endif
+  for (int64_t i = vec_end; i < n; ++i) {
+    const float pi = fast_exp(b[i] - m) * inv_s;
+    if (p_out) p_out[i] = pi;
+    const bool dom = pi > 0.5f;
+    b[i] += (dom ? log1m_top : log1m_series(dom ? 0.0f : pi)) * inv_tau;
+  }
+}
+
+// The backward's segments (as `_block_backward`): at most kSegment steps' p are held.
+constexpr int64_t kSegment = 16;
+
+struct Segments {
+  int64_t length, count;
+  explicit Segments(int64_t k)
+      : length(std::min(k, kSegment)), count((k + std::min(k, kSegment) - 1) / std::min(k, kSegment)) {}
+  // Floats of scratch per row: b0, b, t, the later segments' start states, length + 1 p's.
+  int64_t scratch(int64_t n) const { return (3 + (count - 1) + length + 1) * n; }
+};
+
+// One row's backward: b0 row, total_bar row -> b0_bar (= d/d b0, in b_bar) and the row's
+// sum of the steps' tau terms, sum_j <g_j, log(1 - p_j)> with g_j = b_{j+1}_bar / tau.
+// Segment s covers steps [s L, (s + 1) L); a forward replay keeps the state before step
+// s L - 1 for s >= 1, and each segment, last first, is replayed from there into its steps' p
+// (one step early: the walk's pass for step j needs step j - 1's p) and walked backwards.
+// Walk: t = g / (1 - p) (0 for the dominant item) is kept from the pass that sums step j's
+// <p, p_bar> and g_top to the pass that applies step j; that pass also computes step j - 1's
+// t and sums: one pass and one division (or short series) per element and step.
+double backward_row(const float* b0, const float* total_bar, float* b_bar, int64_t n, int64_t k,
+                   float tau, const float* aux, float* scratch) {
+  const float inv_tau = 1.0f / tau;
+  const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
+  const Segments seg(k);
+  float* b = scratch;
+  float* t = b + n;
+  float* starts = t + n;  // segment s >= 1 at starts + (s - 1) n
+  float* ps = starts + (seg.count - 1) * n;
+  if (seg.count > 1) {
+    std::memcpy(b, b0, n * sizeof(float));
+    for (int64_t j = 0; j < (seg.count - 1) * seg.length - 1; ++j) {
+      if ((j + 1) % seg.length == 0) std::memcpy(starts + (j / seg.length) * n, b, n * sizeof(float));
+      replay_step(b, nullptr, n, inv_tau, aux + j * 4);
+    }
+    // The last start (before step (count - 1) L - 1) once that step is reached.
+    std::memcpy(starts + (seg.count - 2) * n, b, n * sizeof(float));
+  }
+  std::fill(b_bar, b_bar + n, 0.0f);
+  float dot = 0.0f, g_top = 0.0f;
+  double tau_sum = 0.0;
+  for (int64_t sgi = seg.count - 1; sgi >= 0; --sgi) {
+    const int64_t first = sgi * seg.length, end = std::min(k, first + seg.length);
+    const int64_t base = sgi > 0 ? first - 1 : 0;  // ps[0] holds step `base`'s p
+    std::memcpy(b, sgi > 0 ? starts + (sgi - 1) * n : b0, n * sizeof(float));
+    for (int64_t j = base; j < end; ++j) replay_step(b, ps + (j - base) * n, n, inv_tau, aux + j * 4);
+    if (sgi == seg.count - 1) {
+      const float* p = ps + (k - 1 - base) * n;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t i = 0; i < n; ++i) {
+        t[i] = 0.0f;  // b_bar = 0 after the last step
+        dot += p[i] * total_bar[i];
+      }
+    }
+    for (int64_t j = end - 1; j >= first; --j) {
+      const float inv_share = aux[j * 4 + 3];
+      const float log1m_top_prev = j > 0 ? aux[(j - 1) * 4 + 2] : 0.0f;
+      const float* p = ps + (j - base) * n;
+      const float* p_prev = ps + (j > 0 ? j - 1 - base : 0) * n;
+      const float top_term = g_top, softmax_dot = dot;
+      float dot_prev = 0.0f, g_top_prev = 0.0f, tau_prev = 0.0f;
+#ifdef __AVX512F__
+      {
+        const __m512 half = _mm512_set1_ps(0.5f), vinv_tau = _mm512_set1_ps(inv_tau);
+        const __m512 vdot = _mm512_set1_ps(softmax_dot), vtop = _mm512_set1_ps(top_term);
+        const __m512 share_m1 = _mm512_set1_ps(inv_share - 1.0f), minus1 = _mm512_set1_ps(-1.0f);
+        __m512 vdot_prev = _mm512_setzero_ps(), vg_top_prev = _mm512_setzero_ps();
+        __m512 vtau_prev = _mm512_setzero_ps();
+        for (int64_t i = 0; i < vec_end; i += kLanes) {
+          const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
+          const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
+          const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
+          const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
+          const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
+          const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
+          _mm512_storeu_ps(b_bar + i, bb);
+          const __m512 g = _mm512_mul_ps(bb, vinv_tau);
+          const __m512 pp = _mm512_loadu_ps(p_prev + i);
+          const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
+          const __m512 t_prev =
+              _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
+          _mm512_storeu_ps(t + i, t_prev);
+          vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
+          vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
+          vtau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), vtau_prev);
+        }
+        dot_prev = _mm512_reduce_add_ps(vdot_prev), g_top_prev = _mm512_reduce_add_ps(vg_top_prev);
+        tau_prev = _mm512_reduce_add_ps(vtau_prev);
+      }
+#endif
+      for (int64_t i = vec_end; i < n; ++i) {
+        const bool dom = p[i] > 0.5f;
+        const float p_bar = total_bar[i] - t[i];
+        const float bb =
+            b_bar[i] + p[i] * (p_bar - softmax_dot + top_term * ((dom ? 0.0f : inv_share) - 1.0f));
+        b_bar[i] = bb;
+        // Step j - 1's terms from the new b_bar (unused after step 0).
+        const float g = bb * inv_tau;
+        const bool dom_prev = p_prev[i] > 0.5f;
+        const float t_prev = dom_prev ? 0.0f : g / (1.0f - p_prev[i]);
+        t[i] = t_prev;
+        dot_prev += p_prev[i] * (total_bar[i] - t_prev);
+        g_top_prev += dom_prev ? g : 0.0f;
+        tau_prev += g * (dom_prev ? log1m_top_prev : log1m_series(p_prev[i]));
+      }
+      dot = dot_prev, g_top = g_top_prev;
+      if (j > 0) tau_sum += tau_prev;
+    }
+  }
+  return tau_sum;
+}
+
+// Scratch buffers kept between calls: fresh ones would be page-faulted in on every call.
+// `bytes()` is what the pool holds (the kernel's memory beyond XLA's buffers).
+class ScratchPool {
+ public:
+  std::unique_ptr<std::vector<float>> take(int64_t size) {
+    std::unique_ptr<std::vector<float>> buf;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        buf = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (!buf) buf = std::make_unique<std::vector<float>>();
+    if (static_cast<int64_t>(buf->size()) < size) {
+      const int64_t grown = size - static_cast<int64_t>(buf->size());
+      buf->resize(size);
+      bytes_.fetch_add(grown * static_cast<int64_t>(sizeof(float)));
+    }
+    return buf;
+  }
+  void give(std::unique_ptr<std::vector<float>> buf) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(buf));
+  }
+  int64_t bytes() const { return bytes_.load(); }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<std::vector<float>>> free_;
+  std::atomic<int64_t> bytes_{0};
+};
+
+ScratchPool& scratch_pool() {
+  static ScratchPool* pool = new ScratchPool();
+  return *pool;
+}
+
+// fn(row, scratch) for every row, on XLA's CPU thread pool and the calling thread; each
+// participant holds `scratch_size` floats from the pool. Rows are claimed one at a time from
+// an atomic counter, and the caller waits for rows done, not for tasks: a task that starts
+// late finds no row left and touches nothing but the shared counters.
+template <typename F>
+void parallel_rows(ffi::ThreadPool& pool, int64_t rows, int64_t work_per_row,
+                   int64_t scratch_size, F& fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, rows, scratch_size, fnp = &fn]() {
+    std::unique_ptr<std::vector<float>> scratch;
+    for (int64_t r; (r = state->next.fetch_add(1)) < rows;) {
+      if (!scratch) scratch = scratch_pool().take(scratch_size);
+      (*fnp)(r, scratch->data());
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+    if (scratch) scratch_pool().give(std::move(scratch));
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), rows - 1);
+  // Small problems stay on the calling thread.
+  if (rows * work_per_row < (int64_t{1} << 16)) helpers = 0;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (state->done.load(std::memory_order_acquire) < rows) std::this_thread::yield();
+}
+
+// Shapes shared by both handlers: scores [..., n] as rows of n, and tau of T elements, one
+// per group of rows / T consecutive rows (T = 1, or a vmapped tau: `broadcast_all` batching
+// puts the batch axes first on every operand).
+struct Layout {
+  int64_t rows = 1, n = 0, rows_per_tau = 1;
+};
+
+ffi::Error layout(ffi::AnyBuffer::Dimensions dims, int64_t tau_size, int64_t k, Layout* out) {
+  if (dims.size() < 1) return ffi::Error::InvalidArgument("scores must have an item axis");
+  out->n = dims.back();
+  for (size_t d = 0; d + 1 < dims.size(); ++d) out->rows *= dims[d];
+  if (k < 1 || k > out->n) return ffi::Error::InvalidArgument("k must satisfy 1 <= k <= n");
+  if (tau_size < 1 || out->rows % tau_size)
+    return ffi::Error::InvalidArgument("tau must have one element per group of rows");
+  out->rows_per_tau = out->rows / tau_size;
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau,
+                   int64_t k, ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux) {
+  Layout lay;
+  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
+  if (bad.failure()) return bad;
+  const int64_t n = lay.n, rows_per_tau = lay.rows_per_tau;
+  const float* in = scores.typed_data();
+  const float* taus = tau.typed_data();
+  float* out = total->typed_data();
+  float* aux_out = aux->typed_data();  // [rows, k, 4]
+  auto row = [&](int64_t r, float* scratch) {
+    const float tau_r = taus[r / rows_per_tau];
+    scaled_row(in + r * n, scratch, n, tau_r);
+    forward_row(scratch, scratch + n, out + r * n, n, k, tau_r, aux_out + r * k * 4);
+  };
+  parallel_rows(pool, lay.rows, n * k, 2 * n, row);
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
+                    ffi::Buffer<ffi::F32> total_bar, ffi::Buffer<ffi::F32> aux,
+                    ffi::Buffer<ffi::F32> tau, int64_t k, ffi::ResultBuffer<ffi::F32> scores_bar,
+                    ffi::ResultBuffer<ffi::F32> tau_bar) {
+  Layout lay;
+  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
+  if (bad.failure()) return bad;
+  const int64_t n = lay.n, rows_per_tau = lay.rows_per_tau;
+  const float* in = scores.typed_data();
+  const float* tb = total_bar.typed_data();
+  const float* a = aux.typed_data();
+  const float* taus = tau.typed_data();
+  float* out = scores_bar->typed_data();
+  float* tau_out = tau_bar->typed_data();  // [rows]
+  const Segments seg(k);
+  auto row = [&](int64_t r, float* scratch) {
+    const float tau_r = taus[r / rows_per_tau];
+    float* b0 = scratch + seg.scratch(n) - n;
+    scaled_row(in + r * n, b0, n, tau_r);
+    float* grad = out + r * n;
+    const double steps = backward_row(b0, tb + r * n, grad, n, k, tau_r, a + r * k * 4, scratch);
+    // b0 = (scores - row max) / tau: d b0 / d scores = 1 / tau for kept items (the row
+    // maximum is a constant shift) and d b0 / d tau = -b0 / tau.
+    // Summed in double: with large score ranges it nearly cancels the steps' terms.
+    double scale = 0.0;
+#pragma omp simd reduction(+ : scale)
+    for (int64_t i = 0; i < n; ++i) {
+      const bool alive = b0[i] > kNegInf;
+      scale += alive ? static_cast<double>(grad[i]) * b0[i] : 0.0;
+      grad[i] = alive ? grad[i] / tau_r : 0.0f;
+    }
+    tau_out[r] = static_cast<float>(-(steps + scale) / tau_r);
+  };
+  parallel_rows(pool, lay.rows, n * k, seg.scratch(n), row);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// Bytes held by the kernel's scratch pool (for the benchmarks' memory figures).
+extern "C" int64_t SjScratchBytes() { return scratch_pool().bytes(); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

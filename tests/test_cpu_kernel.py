@@ -1,0 +1,161 @@
+"""`implementation="cpu_kernel"` (the fused C++ CPU kernel) against XLA, NumPy and float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import subsets_jax as sj
+from subsets_jax._src import cpu_kernel
+from tests import reference
+
+# The kernel is compiled with the machine's C++ compiler; without one it cannot run (the
+# reason is printed in the summary, `-ra`).
+pytestmark = pytest.mark.skipif(cpu_kernel.compiler() is None, reason="no C++ compiler")
+KERNEL = {"implementation": "cpu_kernel"}
+
+
+def _scores(rng, rows, n):
+  scores = reference.hard_rows(rng, rows, n)
+  scores[3, :4] = scores[3, 4] + 3.0  # a four-way tie at the top
+  return scores
+
+
+def _errors(ours, lib, exact):
+  """Max abs errors of `ours` and `lib` against `exact`, and the scale of `exact`."""
+  exact = np.asarray(exact, np.float64)
+  err = lambda x: float(np.abs(np.asarray(x, np.float64) - exact).max())
+  return err(ours), err(lib), float(np.abs(exact).max())
+
+
+# (40, 20) and (200, 40) replay the backward in 2 and 3 segments of 16 steps; tau = 1/32 takes
+# the forward's exact shift, tau >= 1/16 the carried one.
+@pytest.mark.parametrize("n,k", [(300, 5), (40, 20), (9, 8), (200, 40)])
+@pytest.mark.parametrize("tau", [1 / 32, 0.0625, 2.0])
+def test_values_and_gradients_as_accurate_as_xla(n, k, tau, rng):
+  """Against float64: values, score and tau gradients within 3x XLA's own float32 errors."""
+  scores = _scores(rng, 5, n)
+  w = rng.normal(size=(5, n)).astype(np.float32)
+
+  def value_and_grads(dtype, **kw):
+    s, ww = jnp.asarray(scores, dtype), jnp.asarray(w, dtype)
+    loss = lambda s, t: jnp.sum(ww * sj.soft_topk(s, k, t, **kw))
+    grads = jax.grad(loss, argnums=(0, 1))(s, jnp.asarray(tau, dtype))
+    return sj.soft_topk(s, k, tau, **kw), *grads
+
+  ours = value_and_grads(jnp.float32, **KERNEL)
+  lib = value_and_grads(jnp.float32)
+  with jax.enable_x64(True):
+    exact = [np.asarray(x) for x in value_and_grads(jnp.float64)]
+  # d/dtau sums n k terms that largely cancel (the scaled scores' range times their
+  # gradients): both float32 implementations are off by up to about 4e-4 of its scale at
+  # tau = 1/16 here; a dropped step or term is off by far more.
+  floors = {"value": 1e-6, "d/dscores": 1e-6, "d/dtau": 1e-3}
+  for name, o, lb, ex in zip(floors, ours, lib, exact, strict=True):
+    ours_error, lib_error, scale = _errors(o, lb, ex)
+    bound = max(3 * lib_error, floors[name] * scale)
+    assert ours_error <= bound, (name, ours_error, lib_error, scale)
+  np.testing.assert_allclose(np.sum(ours[0], axis=-1), k, rtol=1e-5)
+  assert float(ours[0][0, 5]) == 0.0 and float(ours[1][0, 5]) == 0.0  # the excluded item
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 3.0])
+def test_matches_float64_numpy_reference(tau, rng):
+  scores = rng.normal(size=(6, 200)) * 2
+  ours = sj.soft_topk(jnp.asarray(scores, jnp.float32), 9, tau, **KERNEL)
+  np.testing.assert_allclose(ours, reference.soft_topk_numpy(scores, 9, tau), atol=3e-6, rtol=0)
+
+
+def test_tau_gradient_matches_central_differences_in_float64_reference(rng):
+  """d/dtau of a weighted sum against central differences of the NumPy reference."""
+  scores, w = rng.normal(size=(4, 60)), rng.normal(size=(4, 60))
+  tau, h = 0.7, 1e-4
+  s32 = jnp.asarray(scores, jnp.float32)
+  grad = jax.grad(lambda t: jnp.sum(w * sj.soft_topk(s32, 6, t, **KERNEL)))
+  fd = lambda t: float(np.sum(w * reference.soft_topk_numpy(scores, 6, t)))
+  expected = (fd(tau + h) - fd(tau - h)) / (2 * h)
+  np.testing.assert_allclose(float(grad(jnp.float32(tau))), expected, rtol=2e-4)
+
+
+def test_batch_axes_jit_and_vmap_with_a_batched_tau(rng):
+  """Leading axes are rows; a vmapped tau gives each batch element its own temperature."""
+  scores = jnp.asarray(rng.normal(size=(6, 4, 3, 50)).astype(np.float32))
+  taus = jnp.linspace(0.04, 2.0, 6)  # the first ones below 1/16: the exact shift
+  topk = lambda impl: jax.jit(jax.vmap(lambda s, t: sj.soft_topk(s, 5, t, implementation=impl)))
+  # At tau = 0.04 both float32 forms are off by up to about 5e-6 (errors grow as 1 / tau).
+  np.testing.assert_allclose(topk("cpu_kernel")(scores, taus), topk("xla")(scores, taus), atol=2e-5)
+
+  def tau_grads(impl):
+    per_tau = lambda s, t: sj.soft_topk(s, 5, t, implementation=impl)[..., :7].sum()
+    return jax.grad(lambda ts: jnp.sum(jax.vmap(per_tau)(scores, ts)))(taus)
+
+  np.testing.assert_allclose(tau_grads("cpu_kernel"), tau_grads("xla"), rtol=1e-4, atol=1e-5)
+
+
+def test_vmap_with_a_shared_tau_sums_its_gradient(rng):
+  scores = jnp.asarray(rng.normal(size=(5, 2, 30)).astype(np.float32))
+
+  def grad(impl):
+    first = lambda s, t: sj.soft_topk(s, 4, t, implementation=impl)[:, 0]
+    loss = lambda t: jnp.sum(jax.vmap(first, in_axes=(0, None))(scores, t))
+    return jax.grad(loss)(jnp.float32(0.8))
+
+  np.testing.assert_allclose(grad("cpu_kernel"), grad("xla"), rtol=1e-4)
+
+
+def test_gumbel_relaxed_uses_the_same_noise_and_hard_is_exact(key, rng):
+  scores = jnp.asarray(rng.normal(size=(3, 40)).astype(np.float32))
+  ours = sj.gumbel_topk_relaxed(key, scores, 6, 0.5, **KERNEL)
+  np.testing.assert_allclose(ours, sj.gumbel_topk_relaxed(key, scores, 6, 0.5), atol=3e-6)
+  hard = sj.gumbel_topk_relaxed(key, scores, 6, 0.5, hard=True, **KERNEL)
+  np.testing.assert_array_equal(hard, sj.khot(sj.gumbel_topk(key, scores, 6), 40))
+
+  def grad(impl):
+    relaxed = lambda s: sj.gumbel_topk_relaxed(key, s, 6, 0.5, hard=True, implementation=impl)
+    return jax.grad(lambda s: jnp.sum(scores * relaxed(s)))(scores)
+
+  np.testing.assert_allclose(grad("cpu_kernel"), grad("xla"), atol=1e-5)
+
+
+def test_dknn_loss_with_the_kernel(key, rng):
+  q, x = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in [(8, 5), (30, 5)])
+  yq, yx = jnp.asarray(rng.integers(0, 3, 8)), jnp.asarray(rng.integers(0, 3, 30))
+  args = (key, q, x, yq, yx)
+  loss = lambda impl: jax.value_and_grad(
+    lambda q: sj.dknn_loss(key, q, *args[2:], k=5, tau=0.5, num_samples=3, implementation=impl)
+  )(q)
+  (v_ker, g_ker), (v_xla, g_xla) = loss("cpu_kernel"), loss("xla")
+  np.testing.assert_allclose(v_ker, v_xla, rtol=1e-5)
+  np.testing.assert_allclose(g_ker, g_xla, atol=1e-5)
+
+
+def test_rejects_what_the_kernel_does_not_compute(x64):
+  s = jnp.zeros((2, 4))
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    sj.soft_topk(s, 2, implementation="triton")
+  with pytest.raises(ValueError, match="own VJP"):
+    sj.soft_topk(s, 2, vjp="autodiff", **KERNEL)
+  with pytest.raises(ValueError, match=r"float32.*got float64"):
+    sj.soft_topk(jnp.zeros((2, 4), jnp.float64), 2, **KERNEL)
+
+
+def test_a_missing_or_failing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setenv(cpu_kernel.CACHE_ENV, str(tmp_path))
+  monkeypatch.delenv("CXX", raising=False)
+  monkeypatch.setattr(cpu_kernel.shutil, "which", lambda name: None)
+  with pytest.raises(RuntimeError, match=r"no C\+\+ compiler.*implementation='xla'"):
+    cpu_kernel._build()
+  monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
+  with pytest.raises(RuntimeError, match="building the cpu_kernel failed"):
+    cpu_kernel._build()
+
+
+def test_backward_scratch_is_bounded_by_segments_not_k(rng):
+  """The pool grows by at most (19 + k / 16) rows of n per thread at k = 256, not k rows."""
+  scores = jnp.asarray(rng.normal(size=(2, 3000)).astype(np.float32))
+  grad = jax.grad(lambda s: sj.soft_topk(s, 256, 1.0, **KERNEL)[:, 0].sum())
+  before = cpu_kernel.scratch_bytes()
+  jax.block_until_ready(grad(scores))
+  grown = cpu_kernel.scratch_bytes() - before
+  threads = 2  # two rows: at most two participants
+  assert grown <= threads * (3 + 15 + 17) * 3000 * 4, grown
