@@ -68,7 +68,8 @@ def main() -> None:
     "date": time.strftime("%Y-%m-%d"),
     "jax": jax.__version__,
     "torch": None if torch is None else torch.__version__,
-    "kernel_flags": list(cpu_kernel.FLAGS),
+    "kernel_flags": list(cpu_kernel.flags()),
+    "kernel_vector_lanes": cpu_kernel.vector_lanes(),
     "cases": [],
   }
   ceilings = measure_ceilings(args.repeats)

@@ -1,5 +1,11 @@
 """`implementation="cpu_kernel"` (the fused C++ CPU kernel) against XLA, NumPy and float64."""
 
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,3 +165,53 @@ def test_backward_scratch_is_bounded_by_segments_not_k(rng):
   grown = cpu_kernel.scratch_bytes() - before
   threads = 2  # two rows: at most two participants
   assert grown <= threads * (3 + 15 + 17) * 3000 * 4, grown
+
+
+# The plain loops (no AVX-512: most of this repository's tests run the intrinsics here) in a
+# child process, so that its build and FFI registration do not meet this process's.
+_PLAIN_LOOPS_CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+import subsets_jax as sj
+from subsets_jax._src import cpu_kernel
+from tests import reference
+assert cpu_kernel.vector_lanes() == 0, cpu_kernel.vector_lanes()
+rng = np.random.default_rng(5)
+# The edge-case rows, a backward in 3 segments, and the exact shift (tau < 1/16) on ordinary
+# rows (with the edge cases at such tau both float32 forms are far off float64, see above).
+for n, k, tau, hard in [(300, 5, 1.0, 1), (200, 40, 0.5, 1), (9, 8, 2.0, 1), (37, 20, 0.04, 0)]:
+  s = reference.hard_rows(rng, 4, n) if hard else rng.normal(size=(4, n)).astype(np.float32)
+  s = jnp.asarray(s)
+  w = jnp.asarray(rng.normal(size=(4, n)).astype(np.float32))
+  def run(impl):
+    loss = lambda s, t: jnp.sum(w * sj.soft_topk(s, k, t, implementation=impl))
+    return sj.soft_topk(s, k, tau, implementation=impl), *jax.grad(loss, (0, 1))(s, tau)
+  for ours, xla in zip(run("cpu_kernel"), run("xla")):
+    scale = float(jnp.abs(xla).max())
+    assert float(jnp.abs(ours - xla).max()) <= 2e-5 * max(scale, 1), (n, k, tau, ours, xla)
+print("plain loops agree")
+"""
+
+
+@pytest.mark.skipif(
+  platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 -march names only"
+)
+def test_plain_loops_without_avx512_agree_with_xla(tmp_path):
+  env = os.environ | {cpu_kernel.MARCH_ENV: "x86-64-v2", cpu_kernel.CACHE_ENV: str(tmp_path)}
+  root = pathlib.Path(__file__).parent.parent
+  done = subprocess.run(
+    [sys.executable, "-c", _PLAIN_LOOPS_CHECK], env=env, cwd=root, capture_output=True, text=True
+  )
+  assert done.returncode == 0 and "plain loops agree" in done.stdout, done.stderr[-3000:]
+
+
+def test_rows_with_too_few_finite_items_under_jit_match_xla():
+  """Unchecked under jit: a row with no finite item gives zeros, one with 2 of k = 3 recycles."""
+  neg_inf = -jnp.inf
+  scores = jnp.array(
+    [[neg_inf] * 6, [0.5, neg_inf, neg_inf, 1.0, neg_inf, neg_inf], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]
+  )
+  topk = lambda impl: jax.jit(lambda s: sj.soft_topk(s, 3, 0.7, implementation=impl))(scores)
+  ours = topk("cpu_kernel")
+  np.testing.assert_allclose(ours, topk("xla"), atol=1e-6)
+  np.testing.assert_array_equal(ours[0], 0.0)
+  np.testing.assert_allclose(ours[1:].sum(axis=-1), 3.0, rtol=1e-6)

@@ -4,7 +4,8 @@
 shift, the per-step scalars, the dominant-item rules, the analytic backward replayed in
 segments of 16 steps) with one pass over each row per step instead of XLA's three or more
 fusions. It is compiled on first use with the machine's C++ compiler (`$CXX`, else `g++` or
-`c++`) for the machine's own CPU (`-march=native`: AVX-512 intrinsics where the CPU has them),
+`c++`) for the machine's own CPU (`-march=native`, or `$SUBSETS_JAX_KERNEL_MARCH`: AVX-512
+intrinsics where the target has them, else loops the compiler vectorises),
 against the FFI headers of the installed jaxlib, into a cache folder keyed by all of these,
 and registered as the XLA FFI targets `SjRelaxedTopkForward` / `SjRelaxedTopkBackward`.
 """
@@ -26,10 +27,17 @@ import jaxlib
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).parent / "csrc" / "relaxed_topk.cc"
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd")
-FLAGS += ("-std=c++17", "-shared", "-fPIC")
 # Overrides the folder of compiled kernels (default: the system's temporary folder).
 CACHE_ENV = "SUBSETS_JAX_KERNEL_CACHE"
+# Overrides `-march=native`, e.g. `x86-64-v3` for a build shared by different CPUs.
+MARCH_ENV = "SUBSETS_JAX_KERNEL_MARCH"
+
+
+def flags() -> tuple[str, ...]:
+  """The compiler flags of the build (`-march` from $SUBSETS_JAX_KERNEL_MARCH, else native)."""
+  march = os.environ.get(MARCH_ENV) or "native"
+  optimise = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd")
+  return (f"-march={march}", *optimise, "-std=c++17", "-shared", "-fPIC")
 
 
 def compiler() -> str | None:
@@ -57,7 +65,7 @@ def _build() -> pathlib.Path:
       "was found ($CXX, g++ or c++); install one or use implementation='xla'."
     )
   include = jax.ffi.include_dir()
-  setup = " ".join([cxx, *FLAGS, include, jaxlib.__version__])
+  setup = " ".join([cxx, *flags(), include, jaxlib.__version__])
   key = b"\n".join([SOURCE.read_bytes(), setup.encode(), _cpu_signature().encode()])
   digest = hashlib.sha256(key).hexdigest()[:20]
   folder = pathlib.Path(os.environ.get(CACHE_ENV) or tempfile.gettempdir())
@@ -65,7 +73,7 @@ def _build() -> pathlib.Path:
   if not out.exists():
     folder.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent builds do not clash
-    cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(tmp)]
+    cmd = [cxx, *flags(), f"-I{include}", str(SOURCE), "-o", str(tmp)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
       raise RuntimeError(
@@ -86,7 +94,13 @@ def library() -> ctypes.CDLL:
   for name in ("SjRelaxedTopkForward", "SjRelaxedTopkBackward"):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   lib.SjScratchBytes.restype = ctypes.c_int64
+  lib.SjVectorLanes.restype = ctypes.c_int64
   return lib
+
+
+def vector_lanes() -> int:
+  """Items per step of the kernel's hand-written vector loops: 16 (AVX-512) or 0 (plain loops)."""
+  return int(library().SjVectorLanes())
 
 
 def scratch_bytes() -> int:

@@ -543,14 +543,14 @@ def soft_topk(
   Implementations (`implementation`): "xla" (default) is the pure-JAX form
   above, on every backend. "cpu_kernel" runs the same recursion on CPU as one
   fused C++ kernel per row through the XLA FFI (one pass over the row per step
-  instead of several XLA fusions; 3-5x faster forward+backward at n >= 1,000 on
-  a 2-core AVX-512 CPU, benchmarks/README.md): same rules and analytic
+  instead of several XLA fusions; forward+backward 2-4x faster at n >= 1,000
+  on a 2-core AVX-512 CPU, benchmarks/README.md): same rules and analytic
   backward, replayed in segments of 16 steps (its scratch grows with k / 16 per
   thread), gradients in `scores` and `tau`, any batch axes and `vmap` (one
   kernel call), its own float32 `exp` (within a few ulps). It is
   compiled on first use with the machine's C++ compiler (`$CXX`, `g++` or
-  `c++`; `-march=native`) into the temporary folder (or
-  `$SUBSETS_JAX_KERNEL_CACHE`), which takes a few seconds; a missing compiler
+  `c++`; `-march=native`, or `$SUBSETS_JAX_KERNEL_MARCH`) into the temporary
+  folder (or `$SUBSETS_JAX_KERNEL_CACHE`), which takes a few seconds; a missing compiler
   is a RuntimeError. Off CPU (same jitted function lowered for a GPU) the "xla"
   form runs. float32 compute only (not float64), with `vjp="recompute"`.
 
