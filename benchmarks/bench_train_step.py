@@ -1,6 +1,7 @@
 """Train-step benchmark: the jitted dKNN train_step vs the seed's PyTorch step; evaluation time.
 
   python -m benchmarks.bench_train_step [--steps 30] [--no_torch] [--out results.json]
+                                        [--implementation cpu_kernel]
 
 Both steps: 100 queries + 100 candidate neighbours (MNIST-sized images), the reference
 ConvNet, k = 9, tau = 1, SGD momentum 0.9, weight decay 5e-4. Prints images/s and ratios,
@@ -37,6 +38,7 @@ def main() -> None:
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   p.add_argument("--out", default=None)
+  p.add_argument("--implementation", choices=("xla", "cpu_kernel"), default="xla")
   add_host_devices_flag(p, "the step runs data-parallel across them")
   add_torch_device_flag(p)
   args = p.parse_args()
@@ -50,10 +52,14 @@ def main() -> None:
     "date": time.strftime("%Y-%m-%d"),
     "jax": jax.__version__,
     "jax_devices": mesh.size,
+    "implementation": args.implementation,
   }
   config = training.TrainConfig()
   steps = {
-    f"jax_step_s_samples{s}": timed_jax_train_step(mesh, batch, num_samples=s) for s in (1, 5)
+    f"jax_step_s_samples{s}": timed_jax_train_step(
+      mesh, batch, num_samples=s, implementation=args.implementation
+    )
+    for s in (1, 5)
   }
   if not args.no_torch:
     import torch

@@ -71,7 +71,7 @@ def synthetic_batch(seed: int = 0, size: int = 100) -> dict[str, np.ndarray]:
   }
 
 
-def timed_jax_train_step(mesh, batch, *, num_samples: int = 1):
+def timed_jax_train_step(mesh, batch, *, num_samples: int = 1, implementation: str = "xla"):
   """A no-argument call of one jitted dKNN train step (k = 9, tau = 1) on `mesh`, waiting
   for it; each call draws fresh noise. Fresh replicated state, reference configuration."""
   import jax
@@ -92,6 +92,7 @@ def timed_jax_train_step(mesh, batch, *, num_samples: int = 1):
       k=9,
       num_samples=num_samples,
       separate_passes=training.prefers_separate_passes(mesh),
+      implementation=implementation,
     )
     jax.block_until_ready(metrics)
 

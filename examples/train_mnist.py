@@ -42,6 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     help="Gumbel draws averaged per step (vmapped)",
   )
   p.add_argument("--hard", action="store_true", help="straight-through exact k-hot forward")
+  p.add_argument(
+    "--implementation",
+    choices=("xla", "cpu_kernel"),
+    default=defaults.implementation,
+    help="relaxed top-k: pure JAX, or the fused C++ kernel on CPU (compiled on first use)",
+  )
   p.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
   p.add_argument("--lr_schedule", choices=("constant", "cosine"), default=defaults.lr_schedule)
   p.add_argument("--epochs", type=int, default=20)
@@ -109,6 +115,7 @@ def main(argv=None) -> int:
     tau=args.tau,
     num_samples=args.num_samples,
     hard=args.hard,
+    implementation=args.implementation,
     learning_rate=args.lr,
     lr_schedule=args.lr_schedule,
     num_epochs=args.epochs,

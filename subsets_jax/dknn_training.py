@@ -50,6 +50,7 @@ class TrainConfig:
   tau: float = 1.0
   num_samples: int = 1
   hard: bool = False
+  implementation: str = "xla"  # the relaxed top-k's: "xla" or "cpu_kernel" (soft_topk)
   learning_rate: float = 1e-3
   lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 over num_epochs)
   momentum: float = 0.9
@@ -156,7 +157,18 @@ def prefers_separate_passes(mesh) -> bool:
   return mesh.size == 1 and mesh.devices.flat[0].platform == "cpu"
 
 
-def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False, separate_passes=False):
+def train_step(
+  state,
+  batch,
+  key,
+  tau,
+  *,
+  k,
+  num_samples=1,
+  hard=False,
+  separate_passes=False,
+  implementation="xla",
+):
   """One SGD step on the dKNN loss averaged over `num_samples` Gumbel draws (vmapped).
 
   Args:
@@ -168,6 +180,7 @@ def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False, separate
     k, num_samples, hard: static hyperparameters of the loss.
     separate_passes: embed queries and neighbours in two independent forward
       passes instead of one batch (same values; see `prefers_separate_passes`).
+    implementation: the relaxed top-k's, "xla" or "cpu_kernel" (`soft_topk`).
 
   Returns:
     The new state and a dict of metrics: `loss` and `top_k_correctness`
@@ -188,6 +201,7 @@ def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False, separate
       tau=tau,
       num_samples=num_samples,
       hard=hard,
+      implementation=implementation,
     )
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -195,7 +209,9 @@ def train_step(state, batch, key, tau, *, k, num_samples=1, hard=False, separate
 
 
 train_step_jit = jax.jit(
-  train_step, static_argnames=("k", "num_samples", "hard", "separate_passes"), donate_argnums=0
+  train_step,
+  static_argnames=("k", "num_samples", "hard", "separate_passes", "implementation"),
+  donate_argnums=0,
 )
 
 
@@ -410,6 +426,7 @@ def train_and_evaluate(
         num_samples=config.num_samples,
         hard=config.hard,
         separate_passes=separate_passes,
+        implementation=config.implementation,
       )
       metrics = jax.device_get(metrics)
       losses.append(float(metrics["loss"]))

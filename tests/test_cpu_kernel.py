@@ -215,3 +215,31 @@ def test_rows_with_too_few_finite_items_under_jit_match_xla():
   np.testing.assert_allclose(ours, topk("xla"), atol=1e-6)
   np.testing.assert_array_equal(ours[0], 0.0)
   np.testing.assert_allclose(ours[1:].sum(axis=-1), 3.0, rtol=1e-6)
+
+
+def test_train_step_with_the_kernel_matches_xla(rng):
+  from subsets_jax import dknn_training as training
+
+  config = training.TrainConfig(dataset="digits", num_queries=6, num_neighbors=12, progress=False)
+  state = training.create_train_state(jax.random.key(0), config, (28, 28, 1), 10)
+  images = rng.uniform(size=(18, 28, 28, 1)).astype(np.float32)
+  labels = rng.integers(0, 3, 18)
+  batch = {
+    "query_images": images[:6],
+    "query_labels": labels[:6],
+    "neighbor_images": images[6:],
+    "neighbor_labels": labels[6:],
+  }
+
+  def step(impl):
+    new, metrics = training.train_step(
+      state, batch, jax.random.key(3), 0.5, k=3, num_samples=2, implementation=impl
+    )
+    updates = jax.tree_util.tree_map(lambda a, b: a - b, new.params, state.params)
+    return metrics["loss"], jax.tree_util.tree_leaves(updates)
+
+  (loss_ker, updates_ker), (loss_xla, updates_xla) = step("cpu_kernel"), step("xla")
+  np.testing.assert_allclose(loss_ker, loss_xla, rtol=1e-5)
+  for a, b in zip(updates_ker, updates_xla, strict=True):
+    scale = float(np.abs(b).max())
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * scale)

@@ -122,6 +122,7 @@ def test_example_help_lists_flags():
     "--workdir",
     "--resume",
     "--time_budget_min",
+    "--implementation",
   ):
     assert flag in run.stdout
 
