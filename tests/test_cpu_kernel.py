@@ -243,3 +243,16 @@ def test_train_step_with_the_kernel_matches_xla(rng):
   for a, b in zip(updates_ker, updates_xla, strict=True):
     scale = float(np.abs(b).max())
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * scale)
+
+
+def test_lowered_for_a_gpu_it_is_the_xla_form():
+  """`jax.export` for CUDA (no GPU needed): no kernel call in the module, XLA's recursion."""
+  from jax import export
+
+  loss = lambda s, t: jnp.sum(sj.soft_topk(s, 3, t, **KERNEL)[:, 0])
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  args = (jax.ShapeDtypeStruct((4, 20), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
+  module = export.export(grad, platforms=["cuda"])(*args).mlir_module()
+  assert "SjRelaxedTopk" not in module and "stablehlo.while" in module
+  with pytest.raises(ValueError, match="SjRelaxedTopkForward"):  # no stability guarantee on CPU
+    export.export(grad, platforms=["cpu"])(*args)
