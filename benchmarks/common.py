@@ -111,8 +111,17 @@ def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
 # glibc hands large freed blocks back to the OS and maps fresh zeroed pages on the next
 # call; with JAX and PyTorch allocating in turn, both then page-fault on every call
 # (measured at (100, 60000, 9), interleaved: JAX forward 98 -> 145 ms, PyTorch forward
-# 112 -> 140 ms). Fixed thresholds keep freed memory in the heap, for both alike.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
+# 112 -> 140 ms). Fixed thresholds keep freed memory in the heap, for both alike. The top
+# pad (sixth session) does the same for the per-thread arenas of XLA's worker threads: glibc
+# unmaps such a 64 MiB heap once it is free, so each call re-faulted 2-3 fresh 24 MB buffers
+# (11,700-17,600 minor faults per call; JAX's noisy forward+backward at (100, 60000, 9)
+# interleaved with PyTorch 80-95 ms, 36-47 ms with the pad and 0 faults; PyTorch 135-147 ms
+# either way once warm).
+MALLOC_ENV = {
+  "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+  "MALLOC_TRIM_THRESHOLD_": str(2**32),
+  "MALLOC_TOP_PAD_": str(128 * 2**20),
+}
 
 
 def add_torch_device_flag(parser: argparse.ArgumentParser) -> None:
