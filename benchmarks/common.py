@@ -116,7 +116,12 @@ def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
 # unmaps such a 64 MiB heap once it is free, so each call re-faulted 2-3 fresh 24 MB buffers
 # (11,700-17,600 minor faults per call; JAX's noisy forward+backward at (100, 60000, 9)
 # interleaved with PyTorch 80-95 ms, 36-47 ms with the pad and 0 faults; PyTorch 135-147 ms
-# either way once warm).
+# either way once warm). Left at 32 MiB (glibc's largest automatic value): XLA:CPU takes
+# an executable's temporaries as one block, over 32 MiB for the XLA form at (100, 60000, 9),
+# which is then mapped fresh and faulted in on every call (15,000 faults; forward+backward
+# 100-105 ms, 85 ms with a 1 GiB threshold), but with 1 GiB PyTorch's noisy forward+backward
+# there went from 135-147 to 178-187 ms (no faults either way). Neither is free of bias;
+# this keeps the setting of all earlier figures, and benchmarks/README.md gives both.
 MALLOC_ENV = {
   "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
   "MALLOC_TRIM_THRESHOLD_": str(2**32),
