@@ -151,9 +151,10 @@ def test_a_missing_or_failing_compiler_is_a_clear_error(monkeypatch, tmp_path):
   monkeypatch.setattr(cpu_kernel.shutil, "which", lambda name: None)
   with pytest.raises(RuntimeError, match=r"no C\+\+ compiler.*implementation='xla'"):
     cpu_kernel._build()
-  monkeypatch.setenv("CXX", "false")  # a "compiler" that fails
-  with pytest.raises(RuntimeError, match="building the cpu_kernel failed"):
-    cpu_kernel._build()
+  for cxx in ("false", str(tmp_path / "no-such-compiler")):  # fails; does not exist
+    monkeypatch.setenv("CXX", cxx)
+    with pytest.raises(RuntimeError, match="building the cpu_kernel failed"):
+      cpu_kernel._build()
 
 
 def test_backward_scratch_is_bounded_by_segments_not_k(rng):

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -73,8 +74,11 @@ def _build() -> pathlib.Path:
   if not out.exists():
     folder.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent builds do not clash
-    cmd = [cxx, *flags(), f"-I{include}", str(SOURCE), "-o", str(tmp)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [*shlex.split(cxx), *flags(), f"-I{include}", str(SOURCE), "-o", str(tmp)]
+    try:
+      done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as err:  # e.g. $CXX names no program
+      done = subprocess.CompletedProcess(cmd, 127, "", str(err))
     if done.returncode:
       raise RuntimeError(
         f"building the cpu_kernel failed ({' '.join(cmd)}); use implementation='xla'.\n"
