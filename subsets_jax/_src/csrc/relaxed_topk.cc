@@ -585,6 +585,73 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
   return ffi::Error::Success();
 }
 
+// Threefry-2x32, 20 rounds (Salmon et al., SC 2011), of the counters (0, i) under a key, one
+// 32-bit word per element: b0 ^ b1, the bits of `jax.random.bits` for float32 in JAX's
+// partitionable mode (the same hash as threefry.py, which tests/test_gumbel.py checks against
+// `jax.random.gumbel` bit for bit). Integers, so exactly reproducible; the Gumbel transform
+// stays in XLA (its `log`).
+constexpr int kRotations[2][4] = {{13, 15, 26, 6}, {17, 29, 16, 24}};
+constexpr uint32_t kParity = 0x1BD11BDA;
+
+inline uint32_t rotl(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+void threefry_block(uint32_t k0, uint32_t k1, int64_t start, int64_t count, uint32_t* out) {
+  const uint32_t ks[3] = {k0, k1, k0 ^ k1 ^ kParity};
+  int64_t i = 0;
+#ifdef __AVX512F__
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; i + kLanes <= count; i += kLanes) {
+    __m512i x0 = _mm512_set1_epi32(static_cast<int>(ks[0]));
+    __m512i x1 = _mm512_add_epi32(
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start + i)), lane),
+        _mm512_set1_epi32(static_cast<int>(ks[1])));
+    for (int round = 0; round < 5; ++round) {
+      for (int j = 0; j < 4; ++j) {
+        x0 = _mm512_add_epi32(x0, x1);
+        x1 = _mm512_xor_si512(_mm512_rolv_epi32(x1, _mm512_set1_epi32(kRotations[round % 2][j])), x0);
+      }
+      x0 = _mm512_add_epi32(x0, _mm512_set1_epi32(static_cast<int>(ks[(round + 1) % 3])));
+      x1 = _mm512_add_epi32(
+          x1, _mm512_set1_epi32(static_cast<int>(ks[(round + 2) % 3] + uint32_t(round + 1))));
+    }
+    _mm512_storeu_si512(out + i, _mm512_xor_si512(x0, x1));
+  }
+#endif
+  for (; i < count; ++i) {
+    uint32_t x0 = ks[0], x1 = static_cast<uint32_t>(start + i) + ks[1];
+    for (int round = 0; round < 5; ++round) {
+      for (int j = 0; j < 4; ++j) {
+        x0 += x1;
+        x1 = rotl(x1, kRotations[round % 2][j]) ^ x0;
+      }
+      x0 += ks[(round + 1) % 3];
+      x1 += ks[(round + 2) % 3] + uint32_t(round + 1);
+    }
+    out[i] = x0 ^ x1;
+  }
+}
+
+// keys [..., 2] -> bits [..., M]: one key per group of M consecutive words (M = size / keys;
+// `broadcast_all` batching puts the keys' batch axes first), counters 0..M-1 in each group.
+ffi::Error ThreefryBits(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
+                        ffi::ResultBuffer<ffi::U32> bits) {
+  const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
+  const int64_t size = static_cast<int64_t>(bits->element_count());
+  if (num_keys < 1 || size % num_keys) return ffi::Error::InvalidArgument("one key per group");
+  const int64_t per_key = size / num_keys;
+  const uint32_t* k = keys.typed_data();
+  uint32_t* out = bits->typed_data();
+  constexpr int64_t kChunk = 1 << 14;  // words per task
+  const int64_t chunks_per_key = (per_key + kChunk - 1) / kChunk;
+  auto chunk = [&](int64_t c, float*) {
+    const int64_t key = c / chunks_per_key, start = (c % chunks_per_key) * kChunk;
+    const int64_t count = std::min(kChunk, per_key - start);
+    threefry_block(k[2 * key], k[2 * key + 1], start, count, out + key * per_key + start);
+  };
+  parallel_rows(pool, num_keys * chunks_per_key, kChunk, 0, chunk);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Bytes held by the kernel's scratch pool (for the benchmarks' memory figures).
@@ -601,6 +668,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkForward, Forward,
                                   .Attr<int64_t>("k")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjThreefryBits, ThreefryBits,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkBackward, Backward,
                               ffi::Ffi::Bind()
