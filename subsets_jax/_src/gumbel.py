@@ -50,14 +50,14 @@ def perturb(key: ArrayLike, scores: jax.Array, implementation: str = "xla") -> j
   """`scores + g` in the compute dtype (float32 or float64).
 
   With `implementation="cpu_kernel"` on CPU the threefry words come from the C++ kernel
-  (the same integers, so the same noise bit for bit; 4x faster than XLA's at 6e6 words).
+  (the same integers, so the same noise bit for bit; noise + perturbation at 6e6 words 10.7 ->
+  5.4 ms on 2 cores).
   """
   dtype = validation.compute_dtype(scores.dtype)
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   shape = scores.shape
-  if implementation != "cpu_kernel" or dtype != jnp.float32:
-    return scores.astype(dtype) + gumbel_noise(key, scores)
-  if not threefry.applies(key, shape, dtype):
+  kernel_words = dtype == jnp.float32 and threefry.applies(key, shape, dtype)
+  if implementation != "cpu_kernel" or not kernel_words:
     return scores.astype(dtype) + gumbel_noise(key, scores)
   cpu_kernel.library()
   noise = jax.lax.platform_dependent(
