@@ -452,8 +452,10 @@ def _scaled_rows(scores: jax.Array, tau: jax.Array) -> jax.Array:
 
 
 def _kernel_or_xla(rows: jax.Array, tau: jax.Array, k: int) -> jax.Array:
-  """`implementation="cpu_kernel"`: the C++ kernel on CPU, the "recompute" XLA form elsewhere."""
-  cpu_kernel.library()  # builds it now, so a missing compiler fails at the call
+  """`implementation="cpu_kernel"`: the C++ kernel on CPU, the "recompute" XLA form elsewhere.
+
+  Both branches are traced here, so the kernel is built (or a missing compiler raises) now.
+  """
   return jax.lax.platform_dependent(
     rows,
     tau,
