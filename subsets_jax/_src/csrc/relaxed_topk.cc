@@ -339,8 +339,8 @@ constexpr int64_t kSegment = 16;
 
 struct Segments {
   int64_t length, count;
-  explicit Segments(int64_t k)
-      : length(std::min(k, kSegment)), count((k + std::min(k, kSegment) - 1) / std::min(k, kSegment)) {}
+  // `length` is declared, hence initialised, before `count`.
+  explicit Segments(int64_t k) : length(std::min(k, kSegment)), count((k + length - 1) / length) {}
   // Floats of scratch per row: b0, b, t, the later segments' start states, length + 1 p's.
   int64_t scratch(int64_t n) const { return (3 + (count - 1) + length + 1) * n; }
 };
