@@ -24,7 +24,7 @@ import numpy as np
 
 import subsets_jax as sj
 from benchmarks.bench_op import CASES, TAU, measure_ceilings, roofline_floor
-from benchmarks.common import median_times, restart_for_timing, write_results
+from benchmarks.common import add_settle_flag, median_times, restart_for_timing, write_results
 from subsets_jax._src import cpu_kernel
 
 
@@ -55,6 +55,7 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=12)
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--out", default=None, help="write the results as JSON here")
+  add_settle_flag(p)
   args = p.parse_args()
   restart_for_timing(1, "benchmarks.bench_cpu_kernel")
   cpu_kernel.library()
@@ -107,7 +108,7 @@ def main() -> None:
       fns["torch_fwd_s"] = torch_fwd
       fns["torch_fwd_bwd_s"] = torch_fwd_bwd
       fns["torch_noisy_fwd_bwd_s"] = lambda: torch_fwd_bwd(noise=True)
-    row.update(median_times(fns, args.repeats))
+    row.update(median_times(fns, args.repeats, settle_s=args.settle_ms / 1e3))
     row["floor_fwd_bwd_s"] = roofline_floor(b, n, k, ceilings, backward=True)
     row["kernel_over_floor"] = row["kernel_fwd_bwd_s"] / row["floor_fwd_bwd_s"]
     if torch is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import subsets_jax as sj
 from benchmarks.common import (
   add_host_devices_flag,
+  add_settle_flag,
   add_torch_device_flag,
   compiled_temp_bytes,
   median_time,
@@ -137,6 +138,7 @@ def main() -> None:
   )
   add_host_devices_flag(p, "rows are sharded across them")
   add_torch_device_flag(p)
+  add_settle_flag(p)
   args = p.parse_args()
   restart_for_timing(args.host_devices, "benchmarks.bench_op")
   mesh = sharding.data_mesh(args.host_devices, divides=tuple(b for b, _, _ in CASES))
@@ -228,7 +230,7 @@ def main() -> None:
       fns["torch_fwd_s"] = torch_fwd
       fns["torch_fwd_bwd_s"] = torch_fwd_bwd
       fns["torch_soft_fwd_bwd_s"] = lambda: torch_fwd_bwd(tp, noise=False)
-    row.update(median_times(fns, args.repeats))
+    row.update(median_times(fns, args.repeats, settle_s=args.settle_ms / 1e3))
     if torch is not None:
       for name in ("fwd", "fwd_bwd", "soft_fwd_bwd"):
         row[f"ratio_{name}"] = row[f"torch_{name}_s"] / row[f"jax_{name}_s"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks.common import (
   add_host_devices_flag,
+  add_settle_flag,
   add_torch_device_flag,
   median_time,
   median_times,
@@ -41,6 +42,7 @@ def main() -> None:
   p.add_argument("--implementation", choices=("xla", "cpu_kernel"), default="xla")
   add_host_devices_flag(p, "the step runs data-parallel across them")
   add_torch_device_flag(p)
+  add_settle_flag(p)
   args = p.parse_args()
   restart_for_timing(args.host_devices, "benchmarks.bench_train_step")
   mesh = sharding.data_mesh(args.host_devices, divides=(100,))
@@ -84,7 +86,7 @@ def main() -> None:
         qx, qy, nx, ny, s
       )
   # Interleaved, so that drifts of the machine's speed hit JAX and PyTorch alike.
-  results.update(median_times(steps, args.steps, warmup=3))
+  results.update(median_times(steps, args.steps, warmup=3, settle_s=args.settle_ms / 1e3))
   print(f"device {jax.devices()[0]}; 200 images per step")
   for s in (1, 5):
     line = f"num_samples={s}: jax {results[f'jax_step_s_samples{s}'] * 1e3:.1f} ms"

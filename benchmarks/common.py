@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from subsets_jax._src import sharding
+from subsets_jax._src import malloc_env, sharding
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -25,13 +25,18 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
   return statistics.median(times)
 
 
-def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> dict[str, float]:
-  """Median wall time of each `fns[name]()`: rounds of `block` consecutive calls each.
+def median_times(
+  fns: dict, repeats: int, warmup: int = 2, block: int = 3, settle_s: float = 0.015
+) -> dict[str, float]:
+  """Median wall time of each `fns[name]()`: rounds of `block` consecutive timed calls each.
 
   The rounds alternate between the contenders, so drifts of this VM's speed (up to 2x
-  over minutes) hit them alike; calls within a round are consecutive, so the first call
-  after a switch (caches and thread pools held by the other framework) is one in
-  `block` and the median ignores it.
+  over minutes) hit them alike. Each round first calls its contender untimed for at least
+  `settle_s` (at least once): after its last parallel region PyTorch's OpenMP workers keep
+  spinning for about 8 ms, and JAX calls made meanwhile share the 2 cores with them (at
+  (100, 1000, 9) the first seven calls after a PyTorch call took 1.64 down to 1.04 ms, the
+  rest 0.67-0.82 ms; PyTorch's first call after JAX was also 1.5x its usual time). The
+  timed calls then see each contender as a program that runs it alone would.
   """
   for _ in range(warmup):
     for fn in fns.values():
@@ -39,6 +44,10 @@ def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> di
   times = {name: [] for name in fns}
   for _ in range(-(-repeats // block)):
     for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      while time.perf_counter() - start < settle_s:
+        fn()
       for _ in range(block):
         t = time.perf_counter()
         fn()
@@ -108,6 +117,7 @@ def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
   )
 
 
+# The same settings as the example's (subsets_jax/_src/malloc_env.py), for both frameworks:
 # glibc hands large freed blocks back to the OS and maps fresh zeroed pages on the next
 # call; with JAX and PyTorch allocating in turn, both then page-fault on every call
 # (measured at (100, 60000, 9), interleaved: JAX forward 98 -> 145 ms, PyTorch forward
@@ -122,11 +132,7 @@ def add_host_devices_flag(parser: argparse.ArgumentParser, effect: str) -> None:
 # 100-105 ms, 85 ms with a 1 GiB threshold), but with 1 GiB PyTorch's noisy forward+backward
 # there went from 135-147 to 178-187 ms (no faults either way). Neither is free of bias;
 # this keeps the setting of all earlier figures, and benchmarks/README.md gives both.
-MALLOC_ENV = {
-  "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-  "MALLOC_TRIM_THRESHOLD_": str(2**32),
-  "MALLOC_TOP_PAD_": str(128 * 2**20),
-}
+MALLOC_ENV = malloc_env.KEEP_FREED_MEMORY
 
 
 def add_torch_device_flag(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +140,16 @@ def add_torch_device_flag(parser: argparse.ArgumentParser) -> None:
     "--torch_device",
     default="cpu",
     help="device of the PyTorch reference (cpu, or cuda on a GPU machine)",
+  )
+
+
+def add_settle_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--settle_ms",
+    type=float,
+    default=15.0,
+    help="untimed calls of each contender before its timed calls in every round (0: none, "
+    "the harness before the seventh session)",
   )
 
 

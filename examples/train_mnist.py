@@ -16,7 +16,7 @@ import json
 import sys
 
 from subsets_jax import datasets
-from subsets_jax._src import sharding
+from subsets_jax._src import malloc_env, sharding
 from subsets_jax.dknn_training import TrainConfig, train_and_evaluate
 
 
@@ -79,8 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     default=None,
     help="split the CPU into this many JAX devices and train data-parallel across them "
     "(restarts the script with XLA_FLAGS set). Default: one per CPU core, at most 8 (1 with "
-    "--multihost); on a 2-core CPU, 2 devices made the train step 1.2-1.5x faster than 1. "
-    "Inert where a GPU or TPU is the default backend",
+    "--multihost). Inert where a GPU or TPU is the default backend",
+  )
+  p.add_argument(
+    "--default_malloc",
+    action="store_true",
+    help="keep glibc's malloc defaults; otherwise the script restarts itself with "
+    "MALLOC_TOP_PAD_, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set (with the "
+    "defaults a one-device CPU train step page-faulted its buffers in afresh: 37-40 vs "
+    "26-30 ms on a 2-core CPU)",
   )
   p.add_argument(
     "--multihost",
@@ -94,12 +101,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def restart_env(args: argparse.Namespace) -> dict[str, str]:
+  """Environment variables the script restarts itself with (glibc reads them at start)."""
+  return {} if args.default_malloc else dict(malloc_env.KEEP_FREED_MEMORY)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.host_devices is None:
     args.host_devices = 1 if args.multihost else sharding.default_host_devices()
   if argv is None:
-    sharding.reexec_with_host_devices(args.host_devices, sys.argv)
+    sharding.reexec_with_host_devices(args.host_devices, sys.argv, restart_env(args))
   if args.multihost:
     import jax
 

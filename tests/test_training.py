@@ -1,5 +1,6 @@
 """End-to-end dKNN training: digits accuracy, exact resume, the example's CLI on MNIST."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from subsets_jax import dknn_training as training
+from subsets_jax._src import malloc_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = training.TrainConfig(
@@ -100,6 +102,47 @@ def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_
   assert epochs == [1, 2]
 
 
+def _example_module():
+  spec = importlib.util.spec_from_file_location("train_mnist", REPO / "examples" / "train_mnist.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_example_restarts_itself_with_the_malloc_settings(monkeypatch):
+  example = _example_module()
+  for name in malloc_env.KEEP_FREED_MEMORY:
+    monkeypatch.delenv(name, raising=False)
+  restarts = []
+
+  def execve(path, args, env):
+    restarts.append((args, env))
+    raise _Stop
+
+  def train_and_evaluate(*args, **kwargs):
+    raise _Stop
+
+  monkeypatch.setattr(os, "execve", execve)
+  monkeypatch.setattr(example, "train_and_evaluate", train_and_evaluate)
+  monkeypatch.setattr(sys, "argv", ["train_mnist.py", "--host_devices", "1"])
+  with pytest.raises(_Stop):
+    example.main()
+  ((args, env),) = restarts
+  assert args[1:] == ["train_mnist.py", "--host_devices", "1"]
+  assert {name: env.get(name) for name in malloc_env.KEEP_FREED_MEMORY} == (
+    malloc_env.KEEP_FREED_MEMORY
+  )
+  # Opted out, one device: no restart, straight to training.
+  monkeypatch.setattr(sys, "argv", ["train_mnist.py", "--host_devices", "1", "--default_malloc"])
+  with pytest.raises(_Stop):
+    example.main()
+  assert len(restarts) == 1
+
+
 def test_example_help_lists_flags():
   run = subprocess.run(
     [sys.executable, str(REPO / "examples" / "train_mnist.py"), "--help"],
@@ -123,6 +166,7 @@ def test_example_help_lists_flags():
     "--resume",
     "--time_budget_min",
     "--implementation",
+    "--default_malloc",
   ):
     assert flag in run.stdout
 

@@ -60,10 +60,12 @@ _MAX_DEFAULT_HOST_DEVICES = 8
 def default_host_devices() -> int:
   """One JAX CPU device per core this process may run on, at most 8.
 
-  XLA:CPU keeps only part of a 2-core CPU busy with the small dKNN ConvNet from one
-  device; one device per core, trained data-parallel, was 1.2-1.5x faster per step
-  (benchmarks/README.md). The flag only shapes the CPU backend, so it is harmless
-  where an accelerator is the default backend.
+  One device per core, trained data-parallel, was 1.2-1.5x faster per step than one
+  device on a 2-core CPU under glibc's malloc defaults, where the one-device step
+  page-faults its buffers in afresh; with `malloc_env.KEEP_FREED_MEMORY` both took
+  27-28 ms, and evaluation was faster on two (5.0 vs 7.8 s; benchmarks/README.md). The
+  flag only shapes the CPU backend, so it is harmless where an accelerator is the
+  default backend.
   """
   import os
 
