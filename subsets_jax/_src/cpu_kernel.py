@@ -128,7 +128,7 @@ def threefry_bits(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def _forward(scores: jax.Array, tau: jax.Array, k: int):
   out = (
     jax.ShapeDtypeStruct(scores.shape, jnp.float32),
-    jax.ShapeDtypeStruct((*scores.shape[:-1], k, 4), jnp.float32),
+    jax.ShapeDtypeStruct((*scores.shape[:-1], k, 5), jnp.float32),
   )
   call = jax.ffi.ffi_call("SjRelaxedTopkForward", out, vmap_method="broadcast_all")
   return call(scores, tau, k=np.int64(k))

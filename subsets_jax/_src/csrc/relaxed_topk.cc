@@ -20,8 +20,9 @@
 // With AVX-512 (`-march=native` on such a CPU) the hot loops are written with intrinsics, 16
 // items at a time: `exp` by a degree-7 polynomial and `vscalefps`, and for a block of 16 items
 // that all have p < 1/64 (nearly all of them at large n) log(1 - p) and 1 / (1 - p) by short
-// series instead of a division (forward 19 -> 11.6 ms at (100, 60000, 9)); elsewhere plain
-// loops that the compiler vectorises. float32 only.
+// series instead of a division (forward 19 -> 11.6 ms at (100, 60000, 9)); a step whose
+// largest p is below 1/64 (stored with its scalars) takes them without testing each block;
+// elsewhere plain loops that the compiler vectorises. float32 only.
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +33,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -108,9 +110,10 @@ void scaled_row(const float* scores, float* b, int64_t n, float tau) {
 // The forward and the backward's replay split rows the same way, so they stay bitwise equal.
 constexpr int64_t kLanes = 16;
 
+// Clamped at -150, where the scaling by 2^i gives exactly 0 (so -inf gives 0 without a mask);
+// XLA's threads flush the subnormal results of (-104, -87) to 0 as well.
 inline __m512 exp16(__m512 x) {
-  const __mmask16 alive = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, i);
@@ -122,22 +125,24 @@ inline __m512 exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps(alive, _mm512_scalef_ps(p, i));
+  return _mm512_scalef_ps(p, i);
 }
 
-// log(1 - p) for 16 items; p > 1/2 (the dominant item) gives `log1m_top`. A block whose items
-// all have p < 1/64 (nearly all of them for large n) takes -p (1 + p/2 + p^2/3 + p^3/4 + p^4/5),
-// relative error below p^5 / 6 < 2e-10, instead of the division and the atanh series.
+// log(1 - p) for 16 items that all have p < 1/64 (nearly all blocks at large n):
+// -p (1 + p/2 + p^2/3 + p^3/4), relative error below p^4 / 5 < 1.2e-8 (float32's half ulp is
+// 6e-8), instead of a division and the atanh series.
+inline __m512 log1m16_small(__m512 p) {
+  __m512 acc = _mm512_fmadd_ps(_mm512_set1_ps(-0.25f), p, _mm512_set1_ps(-1.0f / 3.0f));
+  acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(-0.5f));
+  acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(-1.0f));
+  return _mm512_mul_ps(p, acc);
+}
+
+// log(1 - p) for 16 items; p > 1/2 (the dominant item) gives `log1m_top`. Blocks with every
+// p < 1/64 take the short series above.
 inline __m512 log1m16(__m512 p, float log1m_top) {
   const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
-  if (small == 0xFFFF) {
-    __m512 acc = _mm512_set1_ps(0.2f);
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(0.25f));
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f / 3.0f));
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(0.5f));
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
-    return _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), p), acc);
-  }
+  if (small == 0xFFFF) return log1m16_small(p);
   const __mmask16 dom = _mm512_cmp_ps_mask(p, _mm512_set1_ps(0.5f), _CMP_GT_OQ);
   const __m512 q = _mm512_maskz_mov_ps(~dom, p);
   const __m512 z = _mm512_div_ps(q, _mm512_sub_ps(_mm512_set1_ps(2.0f), q));
@@ -154,22 +159,29 @@ inline __m512 log1m16(__m512 p, float log1m_top) {
   return _mm512_mask_mov_ps(l, dom, _mm512_set1_ps(log1m_top));
 }
 
-// 1 / (1 - p) for 16 items that are not dominant (p <= 1/2); the same small-p shortcut
-// (1 + p + ... + p^5, relative error below p^6 < 2e-11).
+// 1 / (1 - p) for 16 items that all have p < 1/64: 1 + p + ... + p^4, relative error below
+// p^5 < 1e-9.
+inline __m512 inv1m16_small(__m512 p) {
+  __m512 acc = _mm512_fmadd_ps(p, p, p);
+  acc = _mm512_fmadd_ps(acc, p, p);
+  acc = _mm512_fmadd_ps(acc, p, p);
+  return _mm512_add_ps(acc, _mm512_set1_ps(1.0f));
+}
+
+// 1 / (1 - p) for 16 items that are not dominant (p <= 1/2); blocks with every p < 1/64 take
+// the series above.
 inline __m512 inv1m16(__m512 p) {
   const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
-  if (small == 0xFFFF) {
-    __m512 acc = _mm512_fmadd_ps(p, _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f));
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
-    acc = _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
-    return _mm512_fmadd_ps(acc, p, _mm512_set1_ps(1.0f));
-  }
+  if (small == 0xFFFF) return inv1m16_small(p);
   return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sub_ps(_mm512_set1_ps(1.0f), p));
 }
 #else
 constexpr int64_t kLanes = 0;  // no vector path: the scalar loops do whole rows
 #endif
+
+// Floats stored per row and step: the scalars below, then the step's largest p (e_max / s),
+// which lets the backward's passes skip the per-block tests when every p is small.
+constexpr int64_t kAux = 5;
 
 struct StepScalars {
   float m, inv_s, log1m_top, inv_share;
@@ -239,7 +251,7 @@ void exp_pass(const float* b, float* e, int64_t n, float m, float* s_out, float*
   *s_out = s, *e_max_out = e_max;
 }
 
-// One row's forward. b: the row (overwritten), e: scratch, total: output, aux: [k, 4].
+// One row's forward. b: the row (overwritten), e: scratch, total: output, aux: [k, kAux].
 // tau >= kCarriedTauMin: `_carried_forward`, one pass per step (apply step j, write step
 // j + 1's e = exp(b - m_next) with the shift bounded from step j's scalars, sum it and take its
 // maximum). Below: `_exact_forward`, a second pass per step after the row's exact maximum.
@@ -253,8 +265,9 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
   for (int64_t j = 0; j < k; ++j) {
     StepScalars sc;
     float m_next = step_scalars(b, e, n, m, s, e_max, tau, &sc);
-    float* a = aux + j * 4;
+    float* a = aux + j * kAux;
     a[0] = sc.m, a[1] = sc.inv_s, a[2] = sc.log1m_top, a[3] = sc.inv_share;
+    a[4] = e_max * sc.inv_s;
     if (j == k - 1) {  // the last step's b and e are not needed
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) total[i] += e[i] * sc.inv_s;
@@ -268,19 +281,34 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
       __m512 vb_max = _mm512_set1_ps(kNegInf);
       const __m512 vinv_s = _mm512_set1_ps(inv_s), vinv_tau = _mm512_set1_ps(inv_tau);
       const __m512 vm = _mm512_set1_ps(m_next);
-      for (int64_t i = 0; i < vec_end; i += kLanes) {
-        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
-        _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
-        const __m512 bn = _mm512_fmadd_ps(log1m16(p, log1m_top), vinv_tau, _mm512_loadu_ps(b + i));
-        _mm512_storeu_ps(b + i, bn);
-        if (carried) {
-          const __m512 en = exp16(_mm512_sub_ps(bn, vm));
-          _mm512_storeu_ps(e + i, en);
-          vs = _mm512_add_ps(vs, en);
-          vmax = _mm512_max_ps(vmax, en);
-        } else {
-          vb_max = _mm512_max_ps(vb_max, bn);
+      // `all_small`: every p of the row is below 1/64 (its largest, e_max / s, is), so each
+      // block takes the short series without testing (the same values the test would give).
+      auto pass = [&](auto all_small) {
+        for (int64_t i = 0; i < vec_end; i += kLanes) {
+          const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
+          _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
+          __m512 l;
+          if constexpr (decltype(all_small)::value) {
+            l = log1m16_small(p);
+          } else {
+            l = log1m16(p, log1m_top);
+          }
+          const __m512 bn = _mm512_fmadd_ps(l, vinv_tau, _mm512_loadu_ps(b + i));
+          _mm512_storeu_ps(b + i, bn);
+          if (carried) {
+            const __m512 en = exp16(_mm512_sub_ps(bn, vm));
+            _mm512_storeu_ps(e + i, en);
+            vs = _mm512_add_ps(vs, en);
+            vmax = _mm512_max_ps(vmax, en);
+          } else {
+            vb_max = _mm512_max_ps(vb_max, bn);
+          }
         }
+      };
+      if (e_max * inv_s < 1.0f / 64) {
+        pass(std::true_type{});
+      } else {
+        pass(std::false_type{});
       }
       s_next = _mm512_reduce_add_ps(vs), e_max_next = _mm512_reduce_max_ps(vmax);
       b_max = _mm512_reduce_max_ps(vb_max);
@@ -318,11 +346,25 @@ void replay_step(float* b, float* p_out, int64_t n, float inv_tau, const float* 
   {
     const __m512 vm = _mm512_set1_ps(m), vinv_s = _mm512_set1_ps(inv_s);
     const __m512 vinv_tau = _mm512_set1_ps(inv_tau);
-    for (int64_t i = 0; i < vec_end; i += kLanes) {
-      const __m512 bv = _mm512_loadu_ps(b + i);
-      const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
-      if (p_out) _mm512_storeu_ps(p_out + i, pi);
-      _mm512_storeu_ps(b + i, _mm512_fmadd_ps(log1m16(pi, log1m_top), vinv_tau, bv));
+    // As in the forward: with every p below 1/64 no block needs testing.
+    auto pass = [&](auto all_small) {
+      for (int64_t i = 0; i < vec_end; i += kLanes) {
+        const __m512 bv = _mm512_loadu_ps(b + i);
+        const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
+        if (p_out) _mm512_storeu_ps(p_out + i, pi);
+        __m512 l;
+        if constexpr (decltype(all_small)::value) {
+          l = log1m16_small(pi);
+        } else {
+          l = log1m16(pi, log1m_top);
+        }
+        _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, vinv_tau, bv));
+      }
+    };
+    if (a[4] < 1.0f / 64) {
+      pass(std::true_type{});
+    } else {
+      pass(std::false_type{});
     }
   }
 #endif
@@ -366,7 +408,7 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
     std::memcpy(b, b0, n * sizeof(float));
     for (int64_t j = 0; j < (seg.count - 1) * seg.length - 1; ++j) {
       if ((j + 1) % seg.length == 0) std::memcpy(starts + (j / seg.length) * n, b, n * sizeof(float));
-      replay_step(b, nullptr, n, inv_tau, aux + j * 4);
+      replay_step(b, nullptr, n, inv_tau, aux + j * kAux);
     }
     // The last start (before step (count - 1) L - 1) once that step is reached.
     std::memcpy(starts + (seg.count - 2) * n, b, n * sizeof(float));
@@ -378,7 +420,8 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
     const int64_t first = sgi * seg.length, end = std::min(k, first + seg.length);
     const int64_t base = sgi > 0 ? first - 1 : 0;  // ps[0] holds step `base`'s p
     std::memcpy(b, sgi > 0 ? starts + (sgi - 1) * n : b0, n * sizeof(float));
-    for (int64_t j = base; j < end; ++j) replay_step(b, ps + (j - base) * n, n, inv_tau, aux + j * 4);
+    for (int64_t j = base; j < end; ++j)
+      replay_step(b, ps + (j - base) * n, n, inv_tau, aux + j * kAux);
     if (sgi == seg.count - 1) {
       const float* p = ps + (k - 1 - base) * n;
 #pragma omp simd reduction(+ : dot)
@@ -388,8 +431,9 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
       }
     }
     for (int64_t j = end - 1; j >= first; --j) {
-      const float inv_share = aux[j * 4 + 3];
-      const float log1m_top_prev = j > 0 ? aux[(j - 1) * 4 + 2] : 0.0f;
+      const float inv_share = aux[j * kAux + 3];
+      const float log1m_top_prev = j > 0 ? aux[(j - 1) * kAux + 2] : 0.0f;
+      const bool prev_all_small = j > 0 && aux[(j - 1) * kAux + 4] < 1.0f / 64;
       const float* p = ps + (j - base) * n;
       const float* p_prev = ps + (j > 0 ? j - 1 - base : 0) * n;
       const float top_term = g_top, softmax_dot = dot;
@@ -401,23 +445,39 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
         const __m512 share_m1 = _mm512_set1_ps(inv_share - 1.0f), minus1 = _mm512_set1_ps(-1.0f);
         __m512 vdot_prev = _mm512_setzero_ps(), vg_top_prev = _mm512_setzero_ps();
         __m512 vtau_prev = _mm512_setzero_ps();
-        for (int64_t i = 0; i < vec_end; i += kLanes) {
-          const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
-          const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
-          const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
-          const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
-          const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
-          const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
-          _mm512_storeu_ps(b_bar + i, bb);
-          const __m512 g = _mm512_mul_ps(bb, vinv_tau);
-          const __m512 pp = _mm512_loadu_ps(p_prev + i);
-          const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
-          const __m512 t_prev =
-              _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
-          _mm512_storeu_ps(t + i, t_prev);
-          vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
-          vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
-          vtau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), vtau_prev);
+        // `prev_small`: every p of step j - 1 is below 1/64, so it has no dominant item and
+        // each block takes the short series without testing.
+        auto pass = [&](auto prev_small) {
+          for (int64_t i = 0; i < vec_end; i += kLanes) {
+            const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
+            const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
+            const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
+            const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
+            const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
+            const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
+            _mm512_storeu_ps(b_bar + i, bb);
+            const __m512 g = _mm512_mul_ps(bb, vinv_tau);
+            const __m512 pp = _mm512_loadu_ps(p_prev + i);
+            __m512 t_prev, l_prev;
+            if constexpr (decltype(prev_small)::value) {
+              t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
+              l_prev = log1m16_small(pp);
+            } else {
+              const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
+              t_prev =
+                  _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
+              vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
+              l_prev = log1m16(pp, log1m_top_prev);
+            }
+            _mm512_storeu_ps(t + i, t_prev);
+            vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
+            vtau_prev = _mm512_fmadd_ps(g, l_prev, vtau_prev);
+          }
+        };
+        if (prev_all_small) {
+          pass(std::true_type{});
+        } else {
+          pass(std::false_type{});
         }
         dot_prev = _mm512_reduce_add_ps(vdot_prev), g_top_prev = _mm512_reduce_add_ps(vg_top_prev);
         tau_prev = _mm512_reduce_add_ps(vtau_prev);
@@ -538,11 +598,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, ffi::Buff
   const float* in = scores.typed_data();
   const float* taus = tau.typed_data();
   float* out = total->typed_data();
-  float* aux_out = aux->typed_data();  // [rows, k, 4]
+  float* aux_out = aux->typed_data();  // [rows, k, kAux]
   auto row = [&](int64_t r, float* scratch) {
     const float tau_r = taus[r / rows_per_tau];
     scaled_row(in + r * n, scratch, n, tau_r);
-    forward_row(scratch, scratch + n, out + r * n, n, k, tau_r, aux_out + r * k * 4);
+    forward_row(scratch, scratch + n, out + r * n, n, k, tau_r, aux_out + r * k * kAux);
   };
   parallel_rows(pool, lay.rows, n * k, 2 * n, row);
   return ffi::Error::Success();
@@ -568,7 +628,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
     float* b0 = scratch + seg.scratch(n) - n;
     scaled_row(in + r * n, b0, n, tau_r);
     float* grad = out + r * n;
-    const double steps = backward_row(b0, tb + r * n, grad, n, k, tau_r, a + r * k * 4, scratch);
+    const double steps = backward_row(b0, tb + r * n, grad, n, k, tau_r, a + r * k * kAux, scratch);
     // b0 = (scores - row max) / tau: d b0 / d scores = 1 / tau for kept items (the row
     // maximum is a constant shift) and d b0 / d tau = -b0 / tau.
     // Summed in double: with large score ranges it nearly cancels the steps' terms.
