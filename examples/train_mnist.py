@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from subsets_jax import datasets
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     args.host_devices = 1 if args.multihost else sharding.default_host_devices()
   if argv is None:
     sharding.reexec_with_host_devices(args.host_devices, sys.argv, restart_env(args))
+  settings = [f"{name}={os.environ[name]}" for name in restart_env(args) if name in os.environ]
+  if settings:
+    print("glibc malloc: " + " ".join(settings))
   if args.multihost:
     import jax
 
