@@ -95,6 +95,16 @@ def test_tau_gradient_of_rows_with_only_small_p_matches_central_differences(rng)
   np.testing.assert_allclose(float(grad(jnp.float32(tau))), expected, rtol=4e-6)
 
 
+def test_items_far_below_the_maximum_get_exactly_zero_as_in_xla():
+  """exp underflows between 87 and 150 below the shift (subnormals, flushed) and beyond."""
+  scores = np.zeros((2, 40), np.float32)
+  scores[:, 3], scores[:, 20], scores[:, 35] = -95.0, -120.0, -1e4  # vector blocks and tail
+  ours = np.asarray(jax.jit(lambda s: sj.soft_topk(s, 2, 1.0, **KERNEL))(scores))
+  lib = np.asarray(sj.soft_topk(scores, 2, 1.0))
+  np.testing.assert_array_equal(ours[:, [3, 20, 35]], 0.0)
+  np.testing.assert_array_equal(lib[:, [3, 20, 35]], 0.0)
+
+
 @pytest.mark.parametrize("tau", [0.5, 1.0, 3.0])
 def test_matches_float64_numpy_reference(tau, rng):
   scores = rng.normal(size=(6, 200)) * 2
