@@ -111,9 +111,10 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   if args.host_devices is None:
     args.host_devices = 1 if args.multihost else sharding.default_host_devices()
+  env = restart_env(args)
   if argv is None:
-    sharding.reexec_with_host_devices(args.host_devices, sys.argv, restart_env(args))
-  settings = [f"{name}={os.environ[name]}" for name in restart_env(args) if name in os.environ]
+    sharding.reexec_with_host_devices(args.host_devices, sys.argv, env)
+  settings = [f"{name}={os.environ[name]}" for name in env if name in os.environ]
   if settings:
     print("glibc malloc: " + " ".join(settings))
   if args.multihost:

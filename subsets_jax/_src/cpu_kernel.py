@@ -123,12 +123,17 @@ def threefry_bits(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jax.ffi.ffi_call("SjThreefryBits", out, vmap_method="broadcast_all")(key_data)
 
 
+# Floats the forward stores per row and step for the backward (`kAux` in relaxed_topk.cc).
+_AUX_FLOATS = 5
+
+
 # `broadcast_all`: a vmapped call is one kernel call over the batched rows (the kernel reads
 # every leading axis as rows, and tau as one value per group of consecutive rows).
 def _forward(scores: jax.Array, tau: jax.Array, k: int):
+  library()
   out = (
     jax.ShapeDtypeStruct(scores.shape, jnp.float32),
-    jax.ShapeDtypeStruct((*scores.shape[:-1], k, 5), jnp.float32),
+    jax.ShapeDtypeStruct((*scores.shape[:-1], k, _AUX_FLOATS), jnp.float32),
   )
   call = jax.ffi.ffi_call("SjRelaxedTopkForward", out, vmap_method="broadcast_all")
   return call(scores, tau, k=np.int64(k))
@@ -141,12 +146,10 @@ def relaxed_topk(scores: jax.Array, tau: jax.Array, k: int) -> jax.Array:
   Computes `(scores - row max) / tau` itself (excluded `-inf` items kept); the caller has
   checked the arguments. Differentiable in `scores` and `tau` (reverse mode).
   """
-  library()
   return _forward(scores, tau, k)[0]
 
 
 def _relaxed_topk_fwd(scores, tau, k):
-  library()
   total, aux = _forward(scores, tau, k)
   return total, (scores, aux, tau)
 

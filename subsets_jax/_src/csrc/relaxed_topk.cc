@@ -159,6 +159,11 @@ inline __m512 log1m16(__m512 p, float log1m_top) {
   return _mm512_mask_mov_ps(l, dom, _mm512_set1_ps(log1m_top));
 }
 
+// log(1 - p) for a step whose every p is below 1/64 (std::true_type: no test per block) or
+// not known to be (std::false_type).
+inline __m512 log1m16(__m512 p, float, std::true_type) { return log1m16_small(p); }
+inline __m512 log1m16(__m512 p, float log1m_top, std::false_type) { return log1m16(p, log1m_top); }
+
 // 1 / (1 - p) for 16 items that all have p < 1/64: 1 + p + ... + p^4, relative error below
 // p^5 < 1e-9.
 inline __m512 inv1m16_small(__m512 p) {
@@ -178,6 +183,17 @@ inline __m512 inv1m16(__m512 p) {
 #else
 constexpr int64_t kLanes = 0;  // no vector path: the scalar loops do whole rows
 #endif
+
+// fn(std::true_type{}) when `flag`, else fn(std::false_type{}): a loop body compiled for both
+// outcomes of a test that holds for the whole loop.
+template <typename F>
+inline void with_flag(bool flag, F&& fn) {
+  if (flag) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
 
 // Floats stored per row and step: the scalars below, then the step's largest p (e_max / s),
 // which lets the backward's passes skip the per-block tests when every p is small.
@@ -283,16 +299,11 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
       const __m512 vm = _mm512_set1_ps(m_next);
       // `all_small`: every p of the row is below 1/64 (its largest, e_max / s, is), so each
       // block takes the short series without testing (the same values the test would give).
-      auto pass = [&](auto all_small) {
+      with_flag(e_max * inv_s < 1.0f / 64, [&](auto all_small) {
         for (int64_t i = 0; i < vec_end; i += kLanes) {
           const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
           _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
-          __m512 l;
-          if constexpr (decltype(all_small)::value) {
-            l = log1m16_small(p);
-          } else {
-            l = log1m16(p, log1m_top);
-          }
+          const __m512 l = log1m16(p, log1m_top, all_small);
           const __m512 bn = _mm512_fmadd_ps(l, vinv_tau, _mm512_loadu_ps(b + i));
           _mm512_storeu_ps(b + i, bn);
           if (carried) {
@@ -304,12 +315,7 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
             vb_max = _mm512_max_ps(vb_max, bn);
           }
         }
-      };
-      if (e_max * inv_s < 1.0f / 64) {
-        pass(std::true_type{});
-      } else {
-        pass(std::false_type{});
-      }
+      });
       s_next = _mm512_reduce_add_ps(vs), e_max_next = _mm512_reduce_max_ps(vmax);
       b_max = _mm512_reduce_max_ps(vb_max);
     }
@@ -347,25 +353,15 @@ void replay_step(float* b, float* p_out, int64_t n, float inv_tau, const float* 
     const __m512 vm = _mm512_set1_ps(m), vinv_s = _mm512_set1_ps(inv_s);
     const __m512 vinv_tau = _mm512_set1_ps(inv_tau);
     // As in the forward: with every p below 1/64 no block needs testing.
-    auto pass = [&](auto all_small) {
+    with_flag(a[4] < 1.0f / 64, [&](auto all_small) {
       for (int64_t i = 0; i < vec_end; i += kLanes) {
         const __m512 bv = _mm512_loadu_ps(b + i);
         const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
         if (p_out) _mm512_storeu_ps(p_out + i, pi);
-        __m512 l;
-        if constexpr (decltype(all_small)::value) {
-          l = log1m16_small(pi);
-        } else {
-          l = log1m16(pi, log1m_top);
-        }
+        const __m512 l = log1m16(pi, log1m_top, all_small);
         _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, vinv_tau, bv));
       }
-    };
-    if (a[4] < 1.0f / 64) {
-      pass(std::true_type{});
-    } else {
-      pass(std::false_type{});
-    }
+    });
   }
 #endif
   for (int64_t i = vec_end; i < n; ++i) {
@@ -447,7 +443,7 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
         __m512 vtau_prev = _mm512_setzero_ps();
         // `prev_small`: every p of step j - 1 is below 1/64, so it has no dominant item and
         // each block takes the short series without testing.
-        auto pass = [&](auto prev_small) {
+        with_flag(prev_all_small, [&](auto prev_small) {
           for (int64_t i = 0; i < vec_end; i += kLanes) {
             const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
             const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
@@ -473,12 +469,7 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
             vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
             vtau_prev = _mm512_fmadd_ps(g, l_prev, vtau_prev);
           }
-        };
-        if (prev_all_small) {
-          pass(std::true_type{});
-        } else {
-          pass(std::false_type{});
-        }
+        });
         dot_prev = _mm512_reduce_add_ps(vdot_prev), g_top_prev = _mm512_reduce_add_ps(vg_top_prev);
         tau_prev = _mm512_reduce_add_ps(vtau_prev);
       }
