@@ -233,6 +233,11 @@ data = threefry.key_data(jax.random.key(11))
 low = jax.lax.iota(jnp.uint32, 3 * 37).reshape(3, 37)
 b0, b1 = threefry._threefry2x32(data[0], data[1], jnp.zeros_like(low), low)
 assert bool(jnp.all(cpu_kernel.threefry_bits(data, (3, 37)) == b0 ^ b1))
+# The scalar Gumbel transform (std::fma without the FMA instructions of x86-64-v2) is XLA's.
+assert cpu_kernel.gumbel_transform_is_xlas()
+from subsets_jax._src import gumbel
+key, z = jax.random.key(2), jnp.zeros((3, 37), jnp.float32)
+assert bool(jnp.all(gumbel.perturb(key, z, "cpu_kernel") == jax.random.gumbel(key, (3, 37))))
 print("plain loops agree")
 """
 
@@ -328,3 +333,48 @@ def test_vmapped_keys_draw_each_key_s_noise():
   ours = jax.jit(jax.vmap(lambda k, s: gumbel.perturb(k, s, "cpu_kernel")))(keys, zeros)
   expected = jax.vmap(lambda k: jax.random.gumbel(k, (2, 50), jnp.float32))(keys)
   np.testing.assert_array_equal(ours, expected)
+
+
+def test_the_kernel_s_gumbel_transform_is_xla_s_for_every_word():
+  """All 2^23 words' mantissas, through the vector code (one row) and the scalar code (rows
+  of 5), bit for bit XLA's transform; so the fused perturbation is in use here."""
+  from subsets_jax._src import threefry
+
+  bits = jnp.asarray(np.arange(2**23, dtype=np.uint32) << np.uint32(9))
+  expected = np.asarray(threefry.gumbel_from_bits(bits, jnp.float32)).view(np.uint32)
+  vector = np.asarray(cpu_kernel.gumbel_from_bits(bits)).view(np.uint32)
+  scalar = np.asarray(cpu_kernel.gumbel_from_bits(bits[: 5 * 2**20].reshape(-1, 5)))
+  np.testing.assert_array_equal(vector, expected)
+  np.testing.assert_array_equal(scalar.reshape(-1).view(np.uint32), expected[: 5 * 2**20])
+  assert cpu_kernel.gumbel_transform_is_xlas()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_perturbation_is_fused_only_where_the_check_passed(monkeypatch, fused):
+  from subsets_jax._src import gumbel
+
+  monkeypatch.setattr(cpu_kernel, "gumbel_transform_is_xlas", lambda: fused)
+  key = jax.random.key(11)
+  scores = jnp.asarray(np.random.default_rng(0).normal(size=(4, 333)), jnp.float32)
+  scores = scores.at[1, :7].set(-jnp.inf)
+  fn = lambda k, s: gumbel.perturb(k, s, "cpu_kernel")
+  jaxpr = str(jax.make_jaxpr(fn)(key, scores))
+  assert ("SjGumbelPerturb" in jaxpr) == fused
+  assert ("SjThreefryBits" in jaxpr) != fused
+  expected = scores + jax.random.gumbel(key, scores.shape, jnp.float32)
+  np.testing.assert_array_equal(jax.jit(fn)(key, scores), expected)
+  assert np.all(np.isneginf(np.asarray(jax.jit(fn)(key, scores))[1, :7]))
+
+
+def test_fused_perturbation_passes_gradients_and_low_precision_scores():
+  from subsets_jax._src import gumbel
+
+  key = jax.random.key(5)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 40)), jnp.float32)
+  loss = lambda s: jnp.sum(w * gumbel.perturb(key, s, "cpu_kernel") ** 2)
+  s = jnp.zeros((3, 40), jnp.float32)
+  g = gumbel.perturb(key, s, "cpu_kernel")
+  np.testing.assert_allclose(jax.grad(loss)(s), 2 * w * g, rtol=1e-6)
+  half = jnp.linspace(-2, 2, 120, dtype=jnp.bfloat16).reshape(3, 40)
+  expected = half.astype(jnp.float32) + jax.random.gumbel(key, (3, 40), jnp.float32)
+  np.testing.assert_array_equal(gumbel.perturb(key, half, "cpu_kernel"), expected)

@@ -8,6 +8,9 @@ fusions. It is compiled on first use with the machine's C++ compiler (`$CXX`, el
 intrinsics where the target has them, else loops the compiler vectorises),
 against the FFI headers of the installed jaxlib, into a cache folder keyed by all of these,
 and registered as the XLA FFI targets `SjRelaxedTopkForward` / `SjRelaxedTopkBackward`.
+It also draws `gumbel_topk_relaxed`'s noise (`SjThreefryBits`, `SjGumbelPerturb`): JAX's
+threefry words, and where `gumbel_transform_is_xlas()` holds, their Gumbel transform and the
+addition to the scores in the same pass, bit for bit `jax.random.gumbel`'s values.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+
+from subsets_jax._src import threefry
 
 SOURCE = pathlib.Path(__file__).parent / "csrc" / "relaxed_topk.cc"
 # Overrides the folder of compiled kernels (default: the system's temporary folder).
@@ -95,7 +100,8 @@ def library() -> ctypes.CDLL:
   Registers its handlers as CPU FFI targets. Raises RuntimeError when it cannot be built.
   """
   lib = ctypes.cdll.LoadLibrary(str(_build()))
-  for name in ("SjRelaxedTopkForward", "SjRelaxedTopkBackward", "SjThreefryBits"):
+  targets = ("SjRelaxedTopkForward", "SjRelaxedTopkBackward", "SjThreefryBits")
+  for name in (*targets, "SjGumbelPerturb", "SjGumbelFromBits"):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   lib.SjScratchBytes.restype = ctypes.c_int64
   lib.SjVectorLanes.restype = ctypes.c_int64
@@ -121,6 +127,60 @@ def threefry_bits(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   library()
   out = jax.ShapeDtypeStruct(shape, jnp.uint32)
   return jax.ffi.ffi_call("SjThreefryBits", out, vmap_method="broadcast_all")(key_data)
+
+
+def gumbel_from_bits(bits: jax.Array) -> jax.Array:
+  """float32 noise of uint32 words: `threefry.gumbel_from_bits(bits, float32)` by the kernel.
+
+  Rows (the last axis) shorter than a vector of 16 take its scalar code only.
+  """
+  library()
+  out = jax.ShapeDtypeStruct(bits.shape, jnp.float32)
+  return jax.ffi.ffi_call("SjGumbelFromBits", out, vmap_method="sequential")(bits)
+
+
+@functools.cache
+def gumbel_transform_is_xlas() -> bool:
+  """Whether the kernel's Gumbel transform gives XLA:CPU's values bit for bit, for every word.
+
+  A uint32 word enters `jax.random.gumbel`'s float32 transform through its top 23 bits only,
+  so the 2^23 words `i << 9` cover every value it can take. Both the kernel's vector code (one
+  row) and its scalar code (rows of 8) are compared with XLA's transform on the CPU, once per
+  process (about 0.1 s). The kernel writes XLA's `log` operation for operation; a jaxlib
+  or CPU whose `log` compiles differently fails this check, and the transform then stays
+  in XLA.
+  """
+  bits = np.arange(2**23, dtype=np.uint32) << np.uint32(9)
+  cpu = jax.devices("cpu")[0]
+  with jax.ensure_compile_time_eval(), jax.default_device(cpu):
+    expected = np.asarray(threefry.gumbel_from_bits(jnp.asarray(bits), jnp.float32))
+    vector = np.asarray(gumbel_from_bits(jnp.asarray(bits)))
+    scalar = np.asarray(gumbel_from_bits(jnp.asarray(bits.reshape(-1, 8)))).reshape(-1)
+  same = lambda x: np.array_equal(x.view(np.uint32), expected.view(np.uint32))
+  return bool(same(vector) and same(scalar))
+
+
+def _gumbel_perturb_call(key_data: jax.Array, scores: jax.Array) -> jax.Array:
+  library()
+  out = jax.ShapeDtypeStruct(scores.shape, jnp.float32)
+  return jax.ffi.ffi_call("SjGumbelPerturb", out, vmap_method="broadcast_all")(key_data, scores)
+
+
+@jax.custom_jvp
+def gumbel_perturb(key_data: jax.Array, scores: jax.Array) -> jax.Array:
+  """float32 `scores + g`, `g` the noise of `threefry.gumbel(key, scores.shape, float32)`.
+
+  One kernel pass: the threefry words, the transform and the addition; bit for bit
+  `scores + jax.random.gumbel(key, scores.shape)` where `gumbel_transform_is_xlas()`.
+  Differentiable in `scores` (the identity); `scores` must have fewer than 2^32 elements.
+  """
+  return _gumbel_perturb_call(key_data, scores)
+
+
+@gumbel_perturb.defjvp
+def _gumbel_perturb_jvp(primals, tangents):
+  key_data, scores = primals
+  return gumbel_perturb(key_data, scores), tangents[1]
 
 
 # Floats the forward stores per row and step for the backward (`kAux` in relaxed_topk.cc).

@@ -41,7 +41,8 @@ def _noise(key: ArrayLike, shape: tuple[int, ...], dtype, implementation: str = 
   On CPU the hash runs as one fused XLA pass (JAX's CPU lowering of threefry is a rolled
   loop, 3x slower here; see `threefry`), or with `implementation="cpu_kernel"` (float32)
   its words come from the C++ kernel (the same integers; noise + perturbation at 6e6 words
-  10.7 -> 5.4 ms on 2 cores). The Gumbel transform stays XLA's either way.
+  10.7 -> 5.4 ms on 2 cores) and XLA transforms them (`perturb` fuses all of it instead
+  where it can).
   """
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   if not threefry.applies(key, shape, dtype):
@@ -57,9 +58,30 @@ def _noise(key: ArrayLike, shape: tuple[int, ...], dtype, implementation: str = 
 
 
 def perturb(key: ArrayLike, scores: jax.Array, implementation: str = "xla") -> jax.Array:
-  """`scores + g` in the compute dtype (float32 or float64), for validated `scores`."""
+  """`scores + g` in the compute dtype (float32 or float64), for validated `scores`.
+
+  With `implementation="cpu_kernel"` (float32, threefry key, on CPU) one kernel pass draws
+  the words, transforms them and adds them, where the kernel's transform has been checked to
+  be XLA's bit for bit (`cpu_kernel.gumbel_transform_is_xlas`): the same values as
+  `scores + gumbel_noise(key, scores)` either way.
+  """
   dtype = validation.compute_dtype(scores.dtype)
-  return scores.astype(dtype) + _noise(key, scores.shape, dtype, implementation)
+  scores = scores.astype(dtype)
+  key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+  fused = (
+    implementation == "cpu_kernel"
+    and dtype == jnp.float32
+    and threefry.applies(key, scores.shape, dtype)
+    and cpu_kernel.gumbel_transform_is_xlas()
+  )
+  if not fused:
+    return scores + _noise(key, scores.shape, dtype, implementation)
+  return jax.lax.platform_dependent(
+    key,
+    scores,
+    cpu=lambda k, s: cpu_kernel.gumbel_perturb(threefry.key_data(k), s),
+    default=lambda k, s: s + jax.random.gumbel(k, s.shape, dtype),
+  )
 
 
 def gumbel_topk(key: ArrayLike, scores: ArrayLike, k: int) -> jax.Array:

@@ -640,8 +640,9 @@ def gumbel_topk_relaxed(
     hard: straight-through k-hot forward value.
     vjp: gradient mode, as in `soft_topk`.
     implementation: "xla" or "cpu_kernel", as in `soft_topk`; with "cpu_kernel" on
-      CPU the noise's threefry words come from the kernel too (the same noise bit for
-      bit, drawn about 2x faster on 2 cores).
+      CPU the kernel draws the noise too, words, Gumbel transform and addition in one
+      pass (the same noise bit for bit, checked against XLA at first use; 100 x 10,000
+      perturbed in 0.62 instead of 1.1-1.6 ms on 2 cores).
 
   Returns:
     `[..., n]` in the dtype of `scores`: relaxed k-hot, or exact k-hot when `hard`.
