@@ -349,6 +349,21 @@ def test_the_kernel_s_gumbel_transform_is_xla_s_for_every_word():
   assert cpu_kernel.gumbel_transform_is_xlas()
 
 
+@pytest.mark.parametrize("code", ["vector", "scalar"])
+def test_the_check_fails_when_one_word_differs(monkeypatch, code):
+  """One word's noise one ulp off, in the vector or the scalar code: the check says False."""
+  real = cpu_kernel.gumbel_from_bits
+
+  def off_by_one_ulp(bits):
+    noise = np.array(real(bits))
+    if (bits.ndim == 1) == (code == "vector") and int(bits.reshape(-1)[0]) == 5 << 20 << 9:
+      noise.reshape(-1)[3] = np.nextafter(noise.reshape(-1)[3], np.float32(np.inf))
+    return jnp.asarray(noise)
+
+  monkeypatch.setattr(cpu_kernel, "gumbel_from_bits", off_by_one_ulp)
+  assert not cpu_kernel.gumbel_transform_is_xlas.__wrapped__()
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_perturbation_is_fused_only_where_the_check_passed(monkeypatch, fused):
   from subsets_jax._src import gumbel
