@@ -167,12 +167,6 @@ def gumbel_transform_is_xlas() -> bool:
   return True
 
 
-def _gumbel_perturb_call(key_data: jax.Array, scores: jax.Array) -> jax.Array:
-  library()
-  out = jax.ShapeDtypeStruct(scores.shape, jnp.float32)
-  return jax.ffi.ffi_call("SjGumbelPerturb", out, vmap_method="broadcast_all")(key_data, scores)
-
-
 @jax.custom_jvp
 def gumbel_perturb(key_data: jax.Array, scores: jax.Array) -> jax.Array:
   """float32 `scores + g`, `g` the noise of `threefry.gumbel(key, scores.shape, float32)`.
@@ -181,7 +175,9 @@ def gumbel_perturb(key_data: jax.Array, scores: jax.Array) -> jax.Array:
   `scores + jax.random.gumbel(key, scores.shape)` where `gumbel_transform_is_xlas()`.
   Differentiable in `scores` (the identity); `scores` must have fewer than 2^32 elements.
   """
-  return _gumbel_perturb_call(key_data, scores)
+  library()
+  out = jax.ShapeDtypeStruct(scores.shape, jnp.float32)
+  return jax.ffi.ffi_call("SjGumbelPerturb", out, vmap_method="broadcast_all")(key_data, scores)
 
 
 @gumbel_perturb.defjvp

@@ -101,8 +101,9 @@ inline float log1m_series(float p) {
   return -2.0f * z * acc;
 }
 
-// b = (scores - row max) / tau, -inf kept: `_scaled_rows` for one row (its operations).
-void scaled_row(const float* scores, float* b, int64_t n, float tau) {
+// b = (scores - row max) / tau, -inf kept: `_scaled_rows` for one row (its operations);
+// b[n, padded_n) = -inf, excluded items that pad the row (see `padded`).
+void scaled_row(const float* scores, float* b, int64_t n, int64_t padded_n, float tau) {
   float row_max = kNegInf;
 #pragma omp simd reduction(max : row_max)
   for (int64_t i = 0; i < n; ++i) row_max = std::max(row_max, scores[i]);
@@ -112,6 +113,7 @@ void scaled_row(const float* scores, float* b, int64_t n, float tau) {
     const bool alive = scores[i] > kNegInf;
     b[i] = alive ? ((alive ? scores[i] : 0.0f) - row_max) / tau : kNegInf;
   }
+  std::fill(b + n, b + padded_n, kNegInf);
 }
 
 #ifdef __AVX512F__
@@ -639,8 +641,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, ffi::Buff
   const int64_t np = padded(n);
   auto row = [&](int64_t r, float* scratch) {
     const float tau_r = taus[r / rows_per_tau];
-    scaled_row(in + r * n, scratch, n, tau_r);
-    std::fill(scratch + n, scratch + np, kNegInf);
+    scaled_row(in + r * n, scratch, n, np, tau_r);
     float* row_total = np == n ? out + r * n : scratch + 2 * np;
     forward_row(scratch, scratch + np, row_total, np, k, tau_r, aux_out + r * k * kAux);
     if (np != n) std::copy(row_total, row_total + n, out + r * n);
@@ -668,8 +669,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
   auto row = [&](int64_t r, float* scratch) {
     const float tau_r = taus[r / rows_per_tau];
     float* b0 = scratch + seg.scratch(np) - np;
-    scaled_row(in + r * n, b0, n, tau_r);
-    std::fill(b0 + n, b0 + np, kNegInf);
+    scaled_row(in + r * n, b0, n, np, tau_r);
     float* grad = out + r * n;
     const float* row_bar = tb + r * n;
     if (np != n) {
@@ -846,53 +846,55 @@ void add_gumbel(const uint32_t* words, const float* scores, float* out, int64_t 
   for (; i < count; ++i) out[i] = (scores ? scores[i] : 0.0f) + gumbel_of_word(words[i]);
 }
 
-// keys [..., 2] -> bits [..., M]: one key per group of M consecutive words (M = size / keys;
-// `broadcast_all` batching puts the keys' batch axes first), counters 0..M-1 in each group.
-ffi::Error ThreefryBits(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
-                        ffi::ResultBuffer<ffi::U32> bits) {
+// keys [..., 2] -> bits [..., M]: one key per group of M consecutive words (M = size / keys),
+// counters 0..M-1 in each group.
+// fn(k0, k1, start, count, offset) over a buffer of `size` items with one threefry key per
+// group of size / keys consecutive items (`broadcast_all` batching puts the keys' batch axes
+// first): the group's counters [start, start + count) at items offset + start, in tasks of
+// at most 2^14 items on XLA's thread pool.
+template <typename F>
+ffi::Error for_key_chunks(ffi::ThreadPool& pool, ffi::Buffer<ffi::U32>& keys, int64_t size,
+                          F&& fn) {
   const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
-  const int64_t size = static_cast<int64_t>(bits->element_count());
   if (num_keys < 1 || size % num_keys) return ffi::Error::InvalidArgument("one key per group");
   const int64_t per_key = size / num_keys;
   const uint32_t* k = keys.typed_data();
-  uint32_t* out = bits->typed_data();
-  constexpr int64_t kChunk = 1 << 14;  // words per task
+  constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks_per_key = (per_key + kChunk - 1) / kChunk;
   auto chunk = [&](int64_t c, float*) {
     const int64_t key = c / chunks_per_key, start = (c % chunks_per_key) * kChunk;
-    const int64_t count = std::min(kChunk, per_key - start);
-    threefry_block(k[2 * key], k[2 * key + 1], start, count, out + key * per_key + start);
+    fn(k[2 * key], k[2 * key + 1], start, std::min(kChunk, per_key - start), key * per_key);
   };
   parallel_rows(pool, num_keys * chunks_per_key, kChunk, 0, chunk);
   return ffi::Error::Success();
 }
 
+ffi::Error ThreefryBits(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
+                        ffi::ResultBuffer<ffi::U32> bits) {
+  uint32_t* out = bits->typed_data();
+  return for_key_chunks(pool, keys, static_cast<int64_t>(bits->element_count()),
+                        [&](uint32_t k0, uint32_t k1, int64_t start, int64_t count, int64_t offset) {
+                          threefry_block(k0, k1, start, count, out + offset + start);
+                        });
+}
 
 // keys [..., 2], scores [..., M] -> scores + Gumbel noise: the words of ThreefryBits for the
 // same keys and shape, turned into noise and added in the same pass (`gumbel.perturb`).
 ffi::Error GumbelPerturb(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
                          ffi::Buffer<ffi::F32> scores, ffi::ResultBuffer<ffi::F32> perturbed) {
-  const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
-  const int64_t size = static_cast<int64_t>(scores.element_count());
-  if (num_keys < 1 || size % num_keys) return ffi::Error::InvalidArgument("one key per group");
-  const int64_t per_key = size / num_keys;
-  const uint32_t* k = keys.typed_data();
   const float* in = scores.typed_data();
   float* out = perturbed->typed_data();
-  constexpr int64_t kChunk = 1 << 14, kBlock = 256;  // items per task; words held at once
-  const int64_t chunks_per_key = (per_key + kChunk - 1) / kChunk;
-  auto chunk = [&](int64_t c, float*) {
-    const int64_t key = c / chunks_per_key, start = (c % chunks_per_key) * kChunk;
-    const int64_t end = std::min(per_key, start + kChunk), offset = key * per_key;
-    uint32_t words[kBlock];
-    for (int64_t i = start; i < end; i += kBlock) {
-      const int64_t count = std::min(kBlock, end - i);
-      threefry_block(k[2 * key], k[2 * key + 1], i, count, words);
-      add_gumbel(words, in + offset + i, out + offset + i, count);
-    }
-  };
-  parallel_rows(pool, num_keys * chunks_per_key, kChunk, 0, chunk);
-  return ffi::Error::Success();
+  constexpr int64_t kBlock = 256;  // words held at once
+  return for_key_chunks(
+      pool, keys, static_cast<int64_t>(scores.element_count()),
+      [&](uint32_t k0, uint32_t k1, int64_t start, int64_t count, int64_t offset) {
+        uint32_t words[kBlock];
+        for (int64_t i = start; i < start + count; i += kBlock) {
+          const int64_t block = std::min(kBlock, start + count - i);
+          threefry_block(k0, k1, i, block, words);
+          add_gumbel(words, in + offset + i, out + offset + i, block);
+        }
+      });
 }
 
 // words [..., m] -> their Gumbel noise, row by row of m (the transform alone: what the check
