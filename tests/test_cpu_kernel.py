@@ -393,3 +393,61 @@ def test_fused_perturbation_passes_gradients_and_low_precision_scores():
   half = jnp.linspace(-2, 2, 120, dtype=jnp.bfloat16).reshape(3, 40)
   expected = half.astype(jnp.float32) + jax.random.gumbel(key, (3, 40), jnp.float32)
   np.testing.assert_array_equal(gumbel.perturb(key, half, "cpu_kernel"), expected)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gumbel_relaxed_draws_the_noise_in_the_forward_call_where_the_check_passed(
+  monkeypatch, fused
+):
+  """Where the transform check holds, one kernel call draws the noise and runs the forward
+  (`SjGumbelForward`): the same perturbed scores as `jax.random.gumbel` and the same total
+  as the kernel's forward on them, bit for bit; rows of 300 cross the 256-word blocks."""
+  monkeypatch.setattr(cpu_kernel, "gumbel_transform_is_xlas", lambda: fused)
+  key = jax.random.key(12)
+  scores = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 300)), jnp.float32)
+  scores = scores.at[1, 2, :9].set(-jnp.inf)
+  fn = lambda k, s: sj.gumbel_topk_relaxed(k, s, 7, 0.5, **KERNEL)
+  assert ("SjGumbelForward" in str(jax.make_jaxpr(fn)(key, scores))) == fused
+  perturbed = scores + jax.random.gumbel(key, scores.shape, jnp.float32)
+  expected = jax.jit(lambda p: cpu_kernel.relaxed_topk(p, jnp.float32(0.5), 7))(perturbed)
+  np.testing.assert_array_equal(jax.jit(fn)(key, scores), expected)
+  hard = sj.gumbel_topk_relaxed(key, scores, 7, 0.5, hard=True, **KERNEL)
+  np.testing.assert_array_equal(hard, sj.khot(jax.lax.top_k(perturbed, 7)[1], 300))
+
+  # Gradients: the kernel's backward on the perturbed scores, with and without tau's.
+  w = jnp.asarray(np.random.default_rng(3).normal(size=scores.shape), jnp.float32)
+  ours = lambda s, t: jnp.sum(w * sj.gumbel_topk_relaxed(key, s, 7, t, **KERNEL))
+  theirs = lambda p, t: jnp.sum(w * cpu_kernel.relaxed_topk(p, t, 7))
+  for argnums in (0, (0, 1)):
+    got = jax.grad(ours, argnums)(scores, jnp.float32(0.5))
+    want = jax.grad(theirs, argnums)(perturbed, jnp.float32(0.5))
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(g, e)
+
+
+def test_fused_gumbel_forward_with_vmapped_keys_draws_each_key_s_noise():
+  keys = jax.random.split(jax.random.key(4), 3)
+  scores = jnp.asarray(np.random.default_rng(4).normal(size=(3, 5, 40)), jnp.float32)
+  fn = lambda k, s: sj.gumbel_topk_relaxed(k, s, 4, 0.7, **KERNEL)
+  batched = jax.jit(jax.vmap(fn))(keys, scores)
+  one_by_one = jnp.stack([jax.jit(fn)(keys[i], scores[i]) for i in range(3)])
+  np.testing.assert_array_equal(batched, one_by_one)
+  shared = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(keys[0], scores)
+  np.testing.assert_array_equal(shared[1], jax.jit(fn)(keys[0], scores[1]))
+
+
+def test_backward_takes_tau_terms_only_when_tau_is_differentiated(rng):
+  """A temperature that is not differentiated (a constant, or another argument's gradient)
+  runs the backward without its terms (`tau_grad=False` in the call), and the scores'
+  gradient is the same bit for bit."""
+  scores = jnp.asarray(rng.normal(size=(4, 90)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(4, 90)).astype(np.float32))
+  loss = lambda s, t: jnp.sum(w * sj.soft_topk(s, 6, t, **KERNEL))
+  tau = jnp.float32(0.3)
+  for argnums, tau_grad in ((0, False), ((0, 1), True), (1, True)):
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums))(scores, tau))
+    assert f"('tau_grad', {tau_grad})" in jaxpr, (argnums, jaxpr[-2000:])
+  alone = jax.jit(jax.grad(loss))(scores, tau)
+  with_tau, tau_bar = jax.jit(jax.grad(loss, (0, 1)))(scores, tau)
+  np.testing.assert_array_equal(alone, with_tau)
+  assert np.isfinite(tau_bar) and tau_bar != 0

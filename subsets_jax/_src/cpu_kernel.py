@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from subsets_jax._src import threefry
 
@@ -101,7 +102,7 @@ def library() -> ctypes.CDLL:
   """
   lib = ctypes.cdll.LoadLibrary(str(_build()))
   targets = ("SjRelaxedTopkForward", "SjRelaxedTopkBackward", "SjThreefryBits")
-  for name in (*targets, "SjGumbelPerturb", "SjGumbelFromBits"):
+  for name in (*targets, "SjGumbelPerturb", "SjGumbelFromBits", "SjGumbelForward"):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   lib.SjScratchBytes.restype = ctypes.c_int64
   lib.SjVectorLanes.restype = ctypes.c_int64
@@ -212,20 +213,70 @@ def relaxed_topk(scores: jax.Array, tau: jax.Array, k: int) -> jax.Array:
   return _forward(scores, tau, k)[0]
 
 
+# `symbolic_zeros`: the forward rule learns whether `tau` is differentiated; when it is not
+# (a fixed temperature, the usual case) the backward skips the tau terms, a log(1 - p) per
+# element and step (the residuals' structure carries the choice to the backward).
 def _relaxed_topk_fwd(scores, tau, k):
-  total, aux = _forward(scores, tau, k)
-  return total, (scores, aux, tau)
+  total, aux = _forward(scores.value, tau.value, k)
+  residuals = (scores.value, aux, tau.value)
+  return total, residuals if tau.perturbed else (*residuals, None)
 
 
 def _relaxed_topk_bwd(k, residuals, total_bar):
-  scores, aux, tau = residuals
+  scores, aux, tau = residuals[:3]
+  tau_grad = len(residuals) == 3
+  if isinstance(total_bar, SymbolicZero):
+    total_bar = jnp.zeros(scores.shape, jnp.float32)
   out = (
     jax.ShapeDtypeStruct(scores.shape, jnp.float32),
     jax.ShapeDtypeStruct(scores.shape[:-1], jnp.float32),
   )
   call = jax.ffi.ffi_call("SjRelaxedTopkBackward", out, vmap_method="broadcast_all")
-  scores_bar, tau_bar_rows = call(scores, total_bar, aux, tau, k=np.int64(k))
-  return scores_bar, jnp.sum(tau_bar_rows).astype(tau.dtype)
+  scores_bar, tau_bar_rows = call(scores, total_bar, aux, tau, k=np.int64(k), tau_grad=tau_grad)
+  return scores_bar, jnp.sum(tau_bar_rows).astype(tau.dtype) if tau_grad else None
 
 
-relaxed_topk.defvjp(_relaxed_topk_fwd, _relaxed_topk_bwd)
+relaxed_topk.defvjp(_relaxed_topk_fwd, _relaxed_topk_bwd, symbolic_zeros=True)
+
+
+def _gumbel_forward(key_data: jax.Array, scores: jax.Array, tau: jax.Array, k: int):
+  library()
+  out = (
+    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
+    jax.ShapeDtypeStruct((*scores.shape[:-1], k, _AUX_FLOATS), jnp.float32),
+    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
+  )
+  call = jax.ffi.ffi_call("SjGumbelForward", out, vmap_method="broadcast_all")
+  return call(key_data, scores, tau, k=np.int64(k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def gumbel_relaxed_topk(
+  key_data: jax.Array, scores: jax.Array, tau: jax.Array, k: int
+) -> tuple[jax.Array, jax.Array]:
+  """`(relaxed_topk(perturbed, tau, k), perturbed)`, `perturbed = gumbel_perturb(key, scores)`.
+
+  One kernel call: each row's noise is drawn by the task that then runs the row's forward (one
+  trip to the thread pool instead of two). Use only where `gumbel_transform_is_xlas()`, as
+  `gumbel_perturb`. Differentiable in `scores` and `tau` (reverse mode).
+  """
+  total, _, perturbed = _gumbel_forward(key_data, scores, tau, k)
+  return total, perturbed
+
+
+def _gumbel_relaxed_topk_fwd(key_data, scores, tau, k):
+  total, aux, perturbed = _gumbel_forward(key_data.value, scores.value, tau.value, k)
+  residuals = (perturbed, aux, tau.value)
+  return (total, perturbed), residuals if tau.perturbed else (*residuals, None)
+
+
+def _gumbel_relaxed_topk_bwd(k, residuals, cotangents):
+  total_bar, perturbed_bar = cotangents
+  # d perturbed / d scores is the identity.
+  scores_bar, tau_bar = _relaxed_topk_bwd(k, residuals, total_bar)
+  if not isinstance(perturbed_bar, SymbolicZero):
+    scores_bar = scores_bar + perturbed_bar
+  return None, scores_bar, tau_bar
+
+
+gumbel_relaxed_topk.defvjp(_gumbel_relaxed_topk_fwd, _gumbel_relaxed_topk_bwd, symbolic_zeros=True)

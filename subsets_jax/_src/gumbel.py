@@ -57,6 +57,17 @@ def _noise(key: ArrayLike, shape: tuple[int, ...], dtype, implementation: str = 
   )
 
 
+def kernel_draws_noise(key: jax.Array, shape: tuple[int, ...], dtype, implementation: str) -> bool:
+  """Whether the C++ kernel may draw and add the noise on CPU (`cpu_kernel.gumbel_perturb`):
+  "cpu_kernel", float32, a threefry key, and a kernel transform checked to be XLA's."""
+  return (
+    implementation == "cpu_kernel"
+    and dtype == jnp.float32
+    and threefry.applies(key, shape, dtype)
+    and cpu_kernel.gumbel_transform_is_xlas()
+  )
+
+
 def perturb(key: ArrayLike, scores: jax.Array, implementation: str = "xla") -> jax.Array:
   """`scores + g` in the compute dtype (float32 or float64), for validated `scores`.
 
@@ -68,13 +79,7 @@ def perturb(key: ArrayLike, scores: jax.Array, implementation: str = "xla") -> j
   dtype = validation.compute_dtype(scores.dtype)
   scores = scores.astype(dtype)
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
-  fused = (
-    implementation == "cpu_kernel"
-    and dtype == jnp.float32
-    and threefry.applies(key, scores.shape, dtype)
-    and cpu_kernel.gumbel_transform_is_xlas()
-  )
-  if not fused:
+  if not kernel_draws_noise(key, scores.shape, dtype, implementation):
     return scores + _noise(key, scores.shape, dtype, implementation)
   return jax.lax.platform_dependent(
     key,

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from subsets_jax._src import cpu_kernel, gumbel, validation
+from subsets_jax._src import cpu_kernel, gumbel, threefry, validation
 
 # Below this share of the top item's weight, the other items' total weight is not
 # used through `log` (its reciprocal would overflow in the backward pass); the gap
@@ -464,6 +464,25 @@ def _kernel_or_xla(rows: jax.Array, tau: jax.Array, k: int) -> jax.Array:
   )
 
 
+def _kernel_noise_or_xla(key: jax.Array, scores: jax.Array, tau: jax.Array, k: int):
+  """`(soft_topk(perturbed), perturbed)` for `gumbel_topk_relaxed` where the kernel may draw
+  the noise (`gumbel.kernel_draws_noise`): on CPU one kernel call draws it and runs the
+  forward; elsewhere `jax.random.gumbel` and the "recompute" XLA form."""
+
+  def default(key, s, t):
+    perturbed = s + jax.random.gumbel(key, s.shape, s.dtype)
+    rows = _scaled_rows(perturbed, t).reshape(-1, s.shape[-1])
+    return _recursion_recompute(rows, t, k).reshape(s.shape), perturbed
+
+  return jax.lax.platform_dependent(
+    key,
+    scores,
+    tau,
+    cpu=lambda key, s, t: cpu_kernel.gumbel_relaxed_topk(threefry.key_data(key), s, t, k),
+    default=default,
+  )
+
+
 def _soft_topk_core(
   scores: jax.Array, k: int, tau: jax.Array, vjp: str, implementation: str = "xla"
 ) -> jax.Array:
@@ -663,8 +682,13 @@ def gumbel_topk_relaxed(
   scores, k, tau = _prepare(scores, k, tau, vjp, implementation)
   if not isinstance(hard, bool):
     raise TypeError(f"hard must be a bool; got {type(hard).__name__}.")
-  perturbed = gumbel.perturb(key, scores, implementation)
-  soft = _soft_topk_core(perturbed, k, tau, vjp, implementation)
+  key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+  dtype = validation.compute_dtype(scores.dtype)
+  if gumbel.kernel_draws_noise(key, scores.shape, dtype, implementation):
+    soft, perturbed = _kernel_noise_or_xla(key, scores.astype(dtype), tau, k)
+  else:
+    perturbed = gumbel.perturb(key, scores, implementation)
+    soft = _soft_topk_core(perturbed, k, tau, vjp, implementation)
   if hard:
     _, indices = jax.lax.top_k(perturbed, k)
     exact = gumbel.khot(indices, scores.shape[-1], dtype=soft.dtype)

@@ -409,8 +409,9 @@ struct Segments {
   int64_t scratch(int64_t n) const { return (3 + (count - 1) + length + 1) * n; }
 };
 
-// One row's backward: b0 row, total_bar row -> b0_bar (= d/d b0, in b_bar) and the row's
-// sum of the steps' tau terms, sum_j <g_j, log(1 - p_j)> with g_j = b_{j+1}_bar / tau.
+// One row's backward: b0 row, total_bar row -> b0_bar (= d/d b0, in b_bar) and, when
+// `tau_grad`, the row's sum of the steps' tau terms, sum_j <g_j, log(1 - p_j)> with
+// g_j = b_{j+1}_bar / tau (else 0: without them the walk takes no log(1 - p)).
 // Segment s covers steps [s L, (s + 1) L); a forward replay keeps the state before step
 // s L - 1 for s >= 1, and each segment, last first, is replayed from there into its steps' p
 // (one step early: the walk's pass for step j needs step j - 1's p) and walked backwards.
@@ -418,7 +419,7 @@ struct Segments {
 // <p, p_bar> and g_top to the pass that applies step j; that pass also computes step j - 1's
 // t and sums: one pass and one division (or short series) per element and step.
 double backward_row(const float* b0, const float* total_bar, float* b_bar, int64_t n, int64_t k,
-                   float tau, const float* aux, float* scratch) {
+                   float tau, bool tau_grad, const float* aux, float* scratch) {
   const float inv_tau = 1.0f / tau;
   const int64_t vec_end = kLanes ? n / kLanes * kLanes : 0;
   const Segments seg(k);
@@ -469,32 +470,35 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
         __m512 vtau_prev = _mm512_setzero_ps();
         // `prev_small`: every p of step j - 1 is below 1/64, so it has no dominant item and
         // each block takes the short series without testing.
-        with_flag(prev_all_small, [&](auto prev_small) {
-          for (int64_t i = 0; i < vec_end; i += kLanes) {
-            const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
-            const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
-            const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
-            const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
-            const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
-            const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
-            _mm512_storeu_ps(b_bar + i, bb);
-            const __m512 g = _mm512_mul_ps(bb, vinv_tau);
-            const __m512 pp = _mm512_loadu_ps(p_prev + i);
-            __m512 t_prev, l_prev;
-            if constexpr (decltype(prev_small)::value) {
-              t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
-              l_prev = log1m16_small(pp);
-            } else {
-              const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
-              t_prev =
-                  _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
-              vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
-              l_prev = log1m16(pp, log1m_top_prev);
+        with_flag(tau_grad, [&](auto want_tau) {
+          with_flag(prev_all_small, [&](auto prev_small) {
+            for (int64_t i = 0; i < vec_end; i += kLanes) {
+              const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
+              const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
+              const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
+              const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
+              const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
+              const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
+              _mm512_storeu_ps(b_bar + i, bb);
+              const __m512 g = _mm512_mul_ps(bb, vinv_tau);
+              const __m512 pp = _mm512_loadu_ps(p_prev + i);
+              __m512 t_prev;
+              if constexpr (decltype(prev_small)::value) {
+                t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
+                if constexpr (decltype(want_tau)::value)
+                  vtau_prev = _mm512_fmadd_ps(g, log1m16_small(pp), vtau_prev);
+              } else {
+                const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
+                t_prev =
+                    _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
+                vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
+                if constexpr (decltype(want_tau)::value)
+                  vtau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), vtau_prev);
+              }
+              _mm512_storeu_ps(t + i, t_prev);
+              vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
             }
-            _mm512_storeu_ps(t + i, t_prev);
-            vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
-            vtau_prev = _mm512_fmadd_ps(g, l_prev, vtau_prev);
-          }
+          });
         });
         dot_prev = _mm512_reduce_add_ps(vdot_prev), g_top_prev = _mm512_reduce_add_ps(vg_top_prev);
         tau_prev = _mm512_reduce_add_ps(vtau_prev);
@@ -513,7 +517,7 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
         t[i] = t_prev;
         dot_prev += p_prev[i] * (total_bar[i] - t_prev);
         g_top_prev += dom_prev ? g : 0.0f;
-        tau_prev += g * (dom_prev ? log1m_top_prev : log1m_series(p_prev[i]));
+        if (tau_grad) tau_prev += g * (dom_prev ? log1m_top_prev : log1m_series(p_prev[i]));
       }
       dot = dot_prev, g_top = g_top_prev;
       if (j > 0) tau_sum += tau_prev;
@@ -596,7 +600,11 @@ void parallel_rows(ffi::ThreadPool& pool, int64_t rows, int64_t work_per_row,
     }
     if (scratch) scratch_pool().give(std::move(scratch));
   };
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), rows - 1);
+  // The caller is one of the participants: with as many helpers as the pool has threads, one
+  // more thread than cores ran on 2 cores, and a row held by a thread that had been switched
+  // out kept everyone waiting (at (100, 1000, 9) the noisy forward+backward: 0.58-0.59 ms with
+  // one helper, 0.64-0.94 ms with two).
+  int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, rows - 1);
   // Small problems stay on the calling thread.
   if (rows * work_per_row < (int64_t{1} << 16)) helpers = 0;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
@@ -628,31 +636,38 @@ ffi::Error layout(ffi::AnyBuffer::Dimensions dims, int64_t tau_size, int64_t k, 
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau,
-                   int64_t k, ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux) {
-  Layout lay;
-  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
-  if (bad.failure()) return bad;
+// The forward over rows laid out as `lay`: row r's scores are `row_input(r)` (called on the
+// task that runs the row, so it may compute them there: GumbelForward's noise).
+template <typename In>
+void forward_rows(ffi::ThreadPool& pool, const Layout& lay, const float* taus, int64_t k,
+                  float* out, float* aux_out, In&& row_input) {
   const int64_t n = lay.n, rows_per_tau = lay.rows_per_tau;
-  const float* in = scores.typed_data();
-  const float* taus = tau.typed_data();
-  float* out = total->typed_data();
-  float* aux_out = aux->typed_data();  // [rows, k, kAux]
   const int64_t np = padded(n);
   auto row = [&](int64_t r, float* scratch) {
     const float tau_r = taus[r / rows_per_tau];
-    scaled_row(in + r * n, scratch, n, np, tau_r);
+    scaled_row(row_input(r), scratch, n, np, tau_r);
     float* row_total = np == n ? out + r * n : scratch + 2 * np;
     forward_row(scratch, scratch + np, row_total, np, k, tau_r, aux_out + r * k * kAux);
     if (np != n) std::copy(row_total, row_total + n, out + r * n);
   };
   parallel_rows(pool, lay.rows, n * k, (np == n ? 2 : 3) * np, row);
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau,
+                   int64_t k, ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux) {
+  Layout lay;
+  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
+  if (bad.failure()) return bad;
+  const float* in = scores.typed_data();
+  forward_rows(pool, lay, tau.typed_data(), k, total->typed_data(), aux->typed_data(),
+               [&](int64_t r) { return in + r * lay.n; });
   return ffi::Error::Success();
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
                     ffi::Buffer<ffi::F32> total_bar, ffi::Buffer<ffi::F32> aux,
-                    ffi::Buffer<ffi::F32> tau, int64_t k, ffi::ResultBuffer<ffi::F32> scores_bar,
+                    ffi::Buffer<ffi::F32> tau, int64_t k, bool tau_grad,
+                    ffi::ResultBuffer<ffi::F32> scores_bar,
                     ffi::ResultBuffer<ffi::F32> tau_bar) {
   Layout lay;
   ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
@@ -678,18 +693,20 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
       std::fill(copy + n, copy + np, 0.0f);
       row_bar = copy, grad = copy + np;
     }
-    const double steps = backward_row(b0, row_bar, grad, np, k, tau_r, a + r * k * kAux, scratch);
+    const double steps =
+        backward_row(b0, row_bar, grad, np, k, tau_r, tau_grad, a + r * k * kAux, scratch);
     // b0 = (scores - row max) / tau: d b0 / d scores = 1 / tau for kept items (the row
     // maximum is a constant shift) and d b0 / d tau = -b0 / tau.
     // Summed in double: with large score ranges it nearly cancels the steps' terms.
     double scale = 0.0;
+    if (tau_grad) {
 #pragma omp simd reduction(+ : scale)
-    for (int64_t i = 0; i < n; ++i) {
-      const bool alive = b0[i] > kNegInf;
-      scale += alive ? static_cast<double>(grad[i]) * b0[i] : 0.0;
-      grad[i] = alive ? grad[i] / tau_r : 0.0f;
+      for (int64_t i = 0; i < n; ++i)
+        scale += b0[i] > kNegInf ? static_cast<double>(grad[i]) * b0[i] : 0.0;
     }
-    tau_out[r] = static_cast<float>(-(steps + scale) / tau_r);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) grad[i] = b0[i] > kNegInf ? grad[i] / tau_r : 0.0f;
+    tau_out[r] = tau_grad ? static_cast<float>(-(steps + scale) / tau_r) : 0.0f;
     if (np != n) std::copy(grad, grad + n, out + r * n);
   };
   parallel_rows(pool, lay.rows, n * k, seg.scratch(np) + (np == n ? 0 : 2 * np), row);
@@ -897,6 +914,41 @@ ffi::Error GumbelPerturb(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
       });
 }
 
+// keys [..., 2], scores [..., n], tau -> Forward's total and aux for scores + Gumbel noise, and
+// that perturbed input (the backward's): GumbelPerturb and Forward in one call, each row's
+// noise drawn by the task that then runs the row (one trip to the thread pool instead of two,
+// and the row is still in cache). The noise is GumbelPerturb's: row r holds items
+// [r n, (r + 1) n) of its key's group.
+ffi::Error GumbelForward(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
+                         ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau, int64_t k,
+                         ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux,
+                         ffi::ResultBuffer<ffi::F32> perturbed) {
+  Layout lay;
+  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
+  if (bad.failure()) return bad;
+  const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
+  const int64_t size = lay.rows * lay.n;
+  if (num_keys < 1 || size % num_keys || (size / num_keys) % lay.n)
+    return ffi::Error::InvalidArgument("one key per group of rows");
+  const int64_t n = lay.n, per_key = size / num_keys;
+  const uint32_t* key = keys.typed_data();
+  const float* in = scores.typed_data();
+  float* noisy = perturbed->typed_data();
+  forward_rows(pool, lay, tau.typed_data(), k, total->typed_data(), aux->typed_data(),
+               [&](int64_t r) {
+                 constexpr int64_t kBlock = 256;  // words held at once
+                 uint32_t words[kBlock];
+                 const int64_t item = r * n, g = item / per_key, start = item % per_key;
+                 for (int64_t i = 0; i < n; i += kBlock) {
+                   const int64_t block = std::min(kBlock, n - i);
+                   threefry_block(key[2 * g], key[2 * g + 1], start + i, block, words);
+                   add_gumbel(words, in + item + i, noisy + item + i, block);
+                 }
+                 return static_cast<const float*>(noisy + item);
+               });
+  return ffi::Error::Success();
+}
+
 // words [..., m] -> their Gumbel noise, row by row of m (the transform alone: what the check
 // against XLA compares; rows shorter than a vector take the scalar code only).
 ffi::Error GumbelFromBits(ffi::Buffer<ffi::U32> bits, ffi::ResultBuffer<ffi::F32> noise) {
@@ -940,6 +992,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
+                                  .Attr<bool>("tau_grad")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
@@ -948,6 +1001,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelPerturb, GumbelPerturb,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelForward, GumbelForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelFromBits, GumbelFromBits,
