@@ -407,25 +407,36 @@ def test_gumbel_relaxed_draws_the_noise_in_the_forward_call_where_the_check_pass
   scores = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 300)), jnp.float32)
   scores = scores.at[1, 2, :9].set(-jnp.inf)
   fn = lambda k, s: sj.gumbel_topk_relaxed(k, s, 7, 0.5, **KERNEL)
+  # hard=True needs the perturbed scores for their top k: the separate perturbation.
+  hard_fn = lambda k, s: sj.gumbel_topk_relaxed(k, s, 7, 0.5, hard=True, **KERNEL)
   assert ("SjGumbelForward" in str(jax.make_jaxpr(fn)(key, scores))) == fused
+  assert "SjGumbelForward" not in str(jax.make_jaxpr(lambda k, s: hard_fn(k, s))(key, scores))
   perturbed = scores + jax.random.gumbel(key, scores.shape, jnp.float32)
   expected = jax.jit(lambda p: cpu_kernel.relaxed_topk(p, jnp.float32(0.5), 7))(perturbed)
   np.testing.assert_array_equal(jax.jit(fn)(key, scores), expected)
-  hard = sj.gumbel_topk_relaxed(key, scores, 7, 0.5, hard=True, **KERNEL)
-  np.testing.assert_array_equal(hard, sj.khot(jax.lax.top_k(perturbed, 7)[1], 300))
+  np.testing.assert_array_equal(hard_fn(key, scores), sj.khot(jax.lax.top_k(perturbed, 7)[1], 300))
 
-  # Gradients: the kernel's backward on the perturbed scores, with and without tau's.
+  # Gradients: the kernel's backward on the perturbed scores, with and without tau's, with
+  # the perturbed scores kept by the forward or drawn again by the backward.
   w = jnp.asarray(np.random.default_rng(3).normal(size=scores.shape), jnp.float32)
   ours = lambda s, t: jnp.sum(w * sj.gumbel_topk_relaxed(key, s, 7, t, **KERNEL))
   theirs = lambda p, t: jnp.sum(w * cpu_kernel.relaxed_topk(p, t, 7))
-  for argnums in (0, (0, 1)):
-    got = jax.grad(ours, argnums)(scores, jnp.float32(0.5))
-    want = jax.grad(theirs, argnums)(perturbed, jnp.float32(0.5))
-    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-      np.testing.assert_array_equal(g, e)
+  for keep_max, backward in ((scores.size, "SjRelaxedTopkBackward"), (0, "SjGumbelBackward")):
+    monkeypatch.setattr(cpu_kernel, "KEEP_PERTURBED_MAX", keep_max)
+    if fused:
+      assert backward in str(jax.make_jaxpr(jax.grad(ours))(scores, jnp.float32(0.5)))
+    for argnums in (0, (0, 1)):
+      got = jax.grad(ours, argnums)(scores, jnp.float32(0.5))
+      want = jax.grad(theirs, argnums)(perturbed, jnp.float32(0.5))
+      for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(g, e)
 
 
-def test_fused_gumbel_forward_with_vmapped_keys_draws_each_key_s_noise():
+@pytest.mark.parametrize("keep_max", [2**22, 0])
+def test_fused_gumbel_forward_with_vmapped_keys_draws_each_key_s_noise(monkeypatch, keep_max):
+  """Values and gradients under vmap, each key's own noise (or one shared key's), with the
+  perturbed scores kept or drawn again in the backward."""
+  monkeypatch.setattr(cpu_kernel, "KEEP_PERTURBED_MAX", keep_max)
   keys = jax.random.split(jax.random.key(4), 3)
   scores = jnp.asarray(np.random.default_rng(4).normal(size=(3, 5, 40)), jnp.float32)
   fn = lambda k, s: sj.gumbel_topk_relaxed(k, s, 4, 0.7, **KERNEL)
@@ -434,6 +445,13 @@ def test_fused_gumbel_forward_with_vmapped_keys_draws_each_key_s_noise():
   np.testing.assert_array_equal(batched, one_by_one)
   shared = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(keys[0], scores)
   np.testing.assert_array_equal(shared[1], jax.jit(fn)(keys[0], scores[1]))
+  relaxed = lambda k, s, t: sj.gumbel_topk_relaxed(k, s, 4, t, **KERNEL)
+  grad = lambda k, s, t: jax.grad(lambda s, t: jnp.sum(relaxed(k, s, t) ** 2), (0, 1))(s, t)
+  taus = jnp.asarray([0.5, 1.0, 2.0], jnp.float32)
+  batched = jax.jit(jax.vmap(grad))(keys, scores, taus)
+  for i in range(3):
+    for g, e in zip(batched, jax.jit(grad)(keys[i], scores[i], taus[i]), strict=True):
+      np.testing.assert_array_equal(g[i], e)
 
 
 def test_backward_takes_tau_terms_only_when_tau_is_differentiated(rng):

@@ -10,7 +10,8 @@ against the FFI headers of the installed jaxlib, into a cache folder keyed by al
 and registered as the XLA FFI targets `SjRelaxedTopkForward` / `SjRelaxedTopkBackward`.
 It also draws `gumbel_topk_relaxed`'s noise (`SjThreefryBits`, `SjGumbelPerturb`): JAX's
 threefry words, and where `gumbel_transform_is_xlas()` holds, their Gumbel transform and the
-addition to the scores in the same pass, bit for bit `jax.random.gumbel`'s values.
+addition to the scores in the same pass, bit for bit `jax.random.gumbel`'s values; there
+`SjGumbelForward` / `SjGumbelBackward` draw each row's noise inside the relaxation's own call.
 """
 
 from __future__ import annotations
@@ -102,7 +103,13 @@ def library() -> ctypes.CDLL:
   """
   lib = ctypes.cdll.LoadLibrary(str(_build()))
   targets = ("SjRelaxedTopkForward", "SjRelaxedTopkBackward", "SjThreefryBits")
-  for name in (*targets, "SjGumbelPerturb", "SjGumbelFromBits", "SjGumbelForward"):
+  for name in (
+    *targets,
+    "SjGumbelPerturb",
+    "SjGumbelFromBits",
+    "SjGumbelForward",
+    "SjGumbelBackward",
+  ):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   lib.SjScratchBytes.restype = ctypes.c_int64
   lib.SjVectorLanes.restype = ctypes.c_int64
@@ -239,44 +246,69 @@ def _relaxed_topk_bwd(k, residuals, total_bar):
 relaxed_topk.defvjp(_relaxed_topk_fwd, _relaxed_topk_bwd, symbolic_zeros=True)
 
 
-def _gumbel_forward(key_data: jax.Array, scores: jax.Array, tau: jax.Array, k: int):
+# Perturbed scores up to this many elements are kept from the forward for the backward;
+# larger ones are drawn again there. Keeping them was faster as long as they and the total
+# (the forward+backward's temporaries) fit under glibc's largest mmap threshold, 32 MiB:
+# (100, 40000, 9) 18.5 against 20.7 ms redrawn, 2 cores. Above it XLA's temporaries are
+# mapped and page-faulted afresh on every call: (100, 60000, 9) 36.7 ms kept (11,700 faults
+# per call), 33.7 ms redrawn (none).
+KEEP_PERTURBED_MAX = 2**22
+
+
+def _gumbel_forward(key_data: jax.Array, scores: jax.Array, tau: jax.Array, k: int, keep: bool):
   library()
   out = (
     jax.ShapeDtypeStruct(scores.shape, jnp.float32),
     jax.ShapeDtypeStruct((*scores.shape[:-1], k, _AUX_FLOATS), jnp.float32),
-    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
+    jax.ShapeDtypeStruct(scores.shape if keep else (0,), jnp.float32),
   )
+  # Under vmap the empty output gets the batch axes and stays empty.
   call = jax.ffi.ffi_call("SjGumbelForward", out, vmap_method="broadcast_all")
   return call(key_data, scores, tau, k=np.int64(k))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def gumbel_relaxed_topk(
-  key_data: jax.Array, scores: jax.Array, tau: jax.Array, k: int
-) -> tuple[jax.Array, jax.Array]:
-  """`(relaxed_topk(perturbed, tau, k), perturbed)`, `perturbed = gumbel_perturb(key, scores)`.
+def gumbel_relaxed_topk(key_data: jax.Array, scores: jax.Array, tau: jax.Array, k: int):
+  """`relaxed_topk(gumbel_perturb(key, scores), tau, k)` in one kernel call.
 
-  One kernel call: each row's noise is drawn by the task that then runs the row's forward (one
-  trip to the thread pool instead of two). Use only where `gumbel_transform_is_xlas()`, as
-  `gumbel_perturb`. Differentiable in `scores` and `tau` (reverse mode).
+  Each row's noise is drawn by the task that then runs the row's forward (one trip to the
+  thread pool instead of two); the perturbed scores are not written out. Under
+  differentiation they are kept for the backward up to `KEEP_PERTURBED_MAX` elements, and
+  drawn again row by row in the backward above it (a second pass over the noise instead of
+  writing and reading back B x N floats, and B x N fewer floats of temporaries). Use only
+  where `gumbel_transform_is_xlas()`, as `gumbel_perturb`. Differentiable in `scores` and
+  `tau` (reverse mode).
   """
-  total, _, perturbed = _gumbel_forward(key_data, scores, tau, k)
-  return total, perturbed
+  return _gumbel_forward(key_data, scores, tau, k, keep=False)[0]
 
 
 def _gumbel_relaxed_topk_fwd(key_data, scores, tau, k):
-  total, aux, perturbed = _gumbel_forward(key_data.value, scores.value, tau.value, k)
-  residuals = (perturbed, aux, tau.value)
-  return (total, perturbed), residuals if tau.perturbed else (*residuals, None)
+  keep = scores.value.size <= KEEP_PERTURBED_MAX
+  total, aux, perturbed = _gumbel_forward(key_data.value, scores.value, tau.value, k, keep)
+  # (key data or None, the backward's scores: perturbed or not, aux, tau[, None])
+  residuals = (None, perturbed) if keep else (key_data.value, scores.value)
+  residuals = (*residuals, aux, tau.value)
+  return total, residuals if tau.perturbed else (*residuals, None)
 
 
-def _gumbel_relaxed_topk_bwd(k, residuals, cotangents):
-  total_bar, perturbed_bar = cotangents
-  # d perturbed / d scores is the identity.
-  scores_bar, tau_bar = _relaxed_topk_bwd(k, residuals, total_bar)
-  if not isinstance(perturbed_bar, SymbolicZero):
-    scores_bar = scores_bar + perturbed_bar
-  return None, scores_bar, tau_bar
+def _gumbel_relaxed_topk_bwd(k, residuals, total_bar):
+  key_data, rest = residuals[0], residuals[1:]
+  if key_data is None:  # the perturbed scores were kept (d perturbed / d scores = I)
+    scores_bar, tau_bar = _relaxed_topk_bwd(k, rest, total_bar)
+    return None, scores_bar, tau_bar
+  scores, aux, tau = rest[:3]
+  tau_grad = len(rest) == 3
+  if isinstance(total_bar, SymbolicZero):
+    total_bar = jnp.zeros(scores.shape, jnp.float32)
+  out = (
+    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
+    jax.ShapeDtypeStruct(scores.shape[:-1], jnp.float32),
+  )
+  call = jax.ffi.ffi_call("SjGumbelBackward", out, vmap_method="broadcast_all")
+  scores_bar, tau_bar_rows = call(
+    key_data, scores, total_bar, aux, tau, k=np.int64(k), tau_grad=tau_grad
+  )
+  return None, scores_bar, jnp.sum(tau_bar_rows).astype(tau.dtype) if tau_grad else None
 
 
 gumbel_relaxed_topk.defvjp(_gumbel_relaxed_topk_fwd, _gumbel_relaxed_topk_bwd, symbolic_zeros=True)

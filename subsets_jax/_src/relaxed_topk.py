@@ -465,14 +465,14 @@ def _kernel_or_xla(rows: jax.Array, tau: jax.Array, k: int) -> jax.Array:
 
 
 def _kernel_noise_or_xla(key: jax.Array, scores: jax.Array, tau: jax.Array, k: int):
-  """`(soft_topk(perturbed), perturbed)` for `gumbel_topk_relaxed` where the kernel may draw
+  """`soft_topk(scores + g)` for `gumbel_topk_relaxed` (not `hard`) where the kernel may draw
   the noise (`gumbel.kernel_draws_noise`): on CPU one kernel call draws it and runs the
-  forward; elsewhere `jax.random.gumbel` and the "recompute" XLA form."""
+  forward (`cpu_kernel.gumbel_relaxed_topk`); elsewhere `jax.random.gumbel` and the
+  "recompute" XLA form."""
 
   def default(key, s, t):
-    perturbed = s + jax.random.gumbel(key, s.shape, s.dtype)
-    rows = _scaled_rows(perturbed, t).reshape(-1, s.shape[-1])
-    return _recursion_recompute(rows, t, k).reshape(s.shape), perturbed
+    rows = _scaled_rows(s + jax.random.gumbel(key, s.shape, s.dtype), t)
+    return _recursion_recompute(rows.reshape(-1, s.shape[-1]), t, k).reshape(s.shape)
 
   return jax.lax.platform_dependent(
     key,
@@ -659,9 +659,11 @@ def gumbel_topk_relaxed(
     hard: straight-through k-hot forward value.
     vjp: gradient mode, as in `soft_topk`.
     implementation: "xla" or "cpu_kernel", as in `soft_topk`; with "cpu_kernel" on
-      CPU the kernel draws the noise too, words, Gumbel transform and addition in one
-      pass (the same noise bit for bit, checked against XLA at first use; 100 x 10,000
-      perturbed in 0.62 instead of 1.1-1.6 ms on 2 cores).
+      CPU the kernel draws the noise too, words, Gumbel transform and addition (the
+      same noise bit for bit, checked against XLA at first use; 100 x 10,000 perturbed
+      in 0.62 instead of 1.1-1.6 ms on 2 cores), in the same call as the relaxation
+      unless `hard` (each row's noise drawn by the task that relaxes it; for more than
+      2^22 scores the backward draws it again rather than keeping B x N floats).
 
   Returns:
     `[..., n]` in the dtype of `scores`: relaxed k-hot, or exact k-hot when `hard`.
@@ -684,11 +686,10 @@ def gumbel_topk_relaxed(
     raise TypeError(f"hard must be a bool; got {type(hard).__name__}.")
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   dtype = validation.compute_dtype(scores.dtype)
-  if gumbel.kernel_draws_noise(key, scores.shape, dtype, implementation):
-    soft, perturbed = _kernel_noise_or_xla(key, scores.astype(dtype), tau, k)
-  else:
-    perturbed = gumbel.perturb(key, scores, implementation)
-    soft = _soft_topk_core(perturbed, k, tau, vjp, implementation)
+  if not hard and gumbel.kernel_draws_noise(key, scores.shape, dtype, implementation):
+    return _kernel_noise_or_xla(key, scores.astype(dtype), tau, k).astype(scores.dtype)
+  perturbed = gumbel.perturb(key, scores, implementation)
+  soft = _soft_topk_core(perturbed, k, tau, vjp, implementation)
   if hard:
     _, indices = jax.lax.top_k(perturbed, k)
     exact = gumbel.khot(indices, scores.shape[-1], dtype=soft.dtype)

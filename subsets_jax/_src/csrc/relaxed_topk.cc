@@ -636,8 +636,9 @@ ffi::Error layout(ffi::AnyBuffer::Dimensions dims, int64_t tau_size, int64_t k, 
   return ffi::Error::Success();
 }
 
-// The forward over rows laid out as `lay`: row r's scores are `row_input(r)` (called on the
-// task that runs the row, so it may compute them there: GumbelForward's noise).
+// The forward over rows laid out as `lay`: row r's scores are `row_input(r, b)` (called on
+// the task that runs the row, so it may compute them there, in b, the row's first n floats
+// of scratch, which the scaling then overwrites in place: GumbelForward's noise).
 template <typename In>
 void forward_rows(ffi::ThreadPool& pool, const Layout& lay, const float* taus, int64_t k,
                   float* out, float* aux_out, In&& row_input) {
@@ -645,7 +646,7 @@ void forward_rows(ffi::ThreadPool& pool, const Layout& lay, const float* taus, i
   const int64_t np = padded(n);
   auto row = [&](int64_t r, float* scratch) {
     const float tau_r = taus[r / rows_per_tau];
-    scaled_row(row_input(r), scratch, n, np, tau_r);
+    scaled_row(row_input(r, scratch), scratch, n, np, tau_r);
     float* row_total = np == n ? out + r * n : scratch + 2 * np;
     forward_row(scratch, scratch + np, row_total, np, k, tau_r, aux_out + r * k * kAux);
     if (np != n) std::copy(row_total, row_total + n, out + r * n);
@@ -660,31 +661,22 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, ffi::Buff
   if (bad.failure()) return bad;
   const float* in = scores.typed_data();
   forward_rows(pool, lay, tau.typed_data(), k, total->typed_data(), aux->typed_data(),
-               [&](int64_t r) { return in + r * lay.n; });
+               [&](int64_t r, float*) { return in + r * lay.n; });
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
-                    ffi::Buffer<ffi::F32> total_bar, ffi::Buffer<ffi::F32> aux,
-                    ffi::Buffer<ffi::F32> tau, int64_t k, bool tau_grad,
-                    ffi::ResultBuffer<ffi::F32> scores_bar,
-                    ffi::ResultBuffer<ffi::F32> tau_bar) {
-  Layout lay;
-  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
-  if (bad.failure()) return bad;
+// The backward over rows laid out as `lay` (b0 from `row_input(r, b0)`, as in forward_rows).
+template <typename In>
+void backward_rows(ffi::ThreadPool& pool, const Layout& lay, const float* tb, const float* a,
+                   const float* taus, int64_t k, bool tau_grad, float* out, float* tau_out,
+                   In&& row_input) {
   const int64_t n = lay.n, rows_per_tau = lay.rows_per_tau;
-  const float* in = scores.typed_data();
-  const float* tb = total_bar.typed_data();
-  const float* a = aux.typed_data();
-  const float* taus = tau.typed_data();
-  float* out = scores_bar->typed_data();
-  float* tau_out = tau_bar->typed_data();  // [rows]
   const Segments seg(k);
   const int64_t np = padded(n);
   auto row = [&](int64_t r, float* scratch) {
     const float tau_r = taus[r / rows_per_tau];
     float* b0 = scratch + seg.scratch(np) - np;
-    scaled_row(in + r * n, b0, n, np, tau_r);
+    scaled_row(row_input(r, b0), b0, n, np, tau_r);
     float* grad = out + r * n;
     const float* row_bar = tb + r * n;
     if (np != n) {
@@ -710,6 +702,20 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
     if (np != n) std::copy(grad, grad + n, out + r * n);
   };
   parallel_rows(pool, lay.rows, n * k, seg.scratch(np) + (np == n ? 0 : 2 * np), row);
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores,
+                    ffi::Buffer<ffi::F32> total_bar, ffi::Buffer<ffi::F32> aux,
+                    ffi::Buffer<ffi::F32> tau, int64_t k, bool tau_grad,
+                    ffi::ResultBuffer<ffi::F32> scores_bar,
+                    ffi::ResultBuffer<ffi::F32> tau_bar) {
+  Layout lay;
+  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
+  if (bad.failure()) return bad;
+  const float* in = scores.typed_data();
+  backward_rows(pool, lay, total_bar.typed_data(), aux.typed_data(), tau.typed_data(), k,
+                tau_grad, scores_bar->typed_data(), tau_bar->typed_data(),
+                [&](int64_t r, float*) { return in + r * lay.n; });
   return ffi::Error::Success();
 }
 
@@ -914,11 +920,47 @@ ffi::Error GumbelPerturb(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
       });
 }
 
-// keys [..., 2], scores [..., n], tau -> Forward's total and aux for scores + Gumbel noise, and
-// that perturbed input (the backward's): GumbelPerturb and Forward in one call, each row's
-// noise drawn by the task that then runs the row (one trip to the thread pool instead of two,
-// and the row is still in cache). The noise is GumbelPerturb's: row r holds items
-// [r n, (r + 1) n) of its key's group.
+// Row r of scores + Gumbel noise, as GumbelPerturb draws it: the row holds items
+// [r n, (r + 1) n) of the flattened scores, whose key covers groups of size / keys items.
+class NoisyRows {
+ public:
+  // Checks that each key covers whole rows.
+  static ffi::Error make(ffi::Buffer<ffi::U32>& keys, const float* scores, const Layout& lay,
+                         NoisyRows* out) {
+    const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
+    const int64_t size = lay.rows * lay.n;
+    if (num_keys < 1 || size % num_keys || (size / num_keys) % lay.n)
+      return ffi::Error::InvalidArgument("one key per group of rows");
+    *out = NoisyRows(keys.typed_data(), scores, lay.n, size / num_keys);
+    return ffi::Error::Success();
+  }
+  NoisyRows() = default;
+  // Writes the row's n perturbed scores to `out`; returns `out`.
+  const float* operator()(int64_t r, float* out) const {
+    constexpr int64_t kBlock = 256;  // words held at once
+    uint32_t words[kBlock];
+    const int64_t item = r * n_, g = item / per_key_, start = item % per_key_;
+    for (int64_t i = 0; i < n_; i += kBlock) {
+      const int64_t block = std::min(kBlock, n_ - i);
+      threefry_block(keys_[2 * g], keys_[2 * g + 1], start + i, block, words);
+      add_gumbel(words, scores_ + item + i, out + i, block);
+    }
+    return out;
+  }
+
+ private:
+  NoisyRows(const uint32_t* keys, const float* scores, int64_t n, int64_t per_key)
+      : keys_(keys), scores_(scores), n_(n), per_key_(per_key) {}
+  const uint32_t* keys_ = nullptr;
+  const float* scores_ = nullptr;
+  int64_t n_ = 0, per_key_ = 1;
+};
+
+// keys [..., 2], scores [..., n], tau -> Forward's total and aux for scores + Gumbel noise:
+// GumbelPerturb and Forward in one call, each row's noise drawn by the task that then runs the
+// row (one trip to the thread pool instead of two, and the row is still in cache). Writes the
+// perturbed scores to `perturbed` when it has their shape; when it is empty they are not kept
+// (GumbelBackward draws them again).
 ffi::Error GumbelForward(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
                          ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> tau, int64_t k,
                          ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux,
@@ -926,26 +968,33 @@ ffi::Error GumbelForward(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
   Layout lay;
   ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
   if (bad.failure()) return bad;
-  const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
-  const int64_t size = lay.rows * lay.n;
-  if (num_keys < 1 || size % num_keys || (size / num_keys) % lay.n)
-    return ffi::Error::InvalidArgument("one key per group of rows");
-  const int64_t n = lay.n, per_key = size / num_keys;
-  const uint32_t* key = keys.typed_data();
-  const float* in = scores.typed_data();
-  float* noisy = perturbed->typed_data();
+  NoisyRows noisy;
+  bad = NoisyRows::make(keys, scores.typed_data(), lay, &noisy);
+  if (bad.failure()) return bad;
+  const bool keep = perturbed->element_count() != 0;
+  if (keep && perturbed->element_count() != scores.element_count())
+    return ffi::Error::InvalidArgument("perturbed must be empty or the scores' shape");
+  float* kept = perturbed->typed_data();
   forward_rows(pool, lay, tau.typed_data(), k, total->typed_data(), aux->typed_data(),
-               [&](int64_t r) {
-                 constexpr int64_t kBlock = 256;  // words held at once
-                 uint32_t words[kBlock];
-                 const int64_t item = r * n, g = item / per_key, start = item % per_key;
-                 for (int64_t i = 0; i < n; i += kBlock) {
-                   const int64_t block = std::min(kBlock, n - i);
-                   threefry_block(key[2 * g], key[2 * g + 1], start + i, block, words);
-                   add_gumbel(words, in + item + i, noisy + item + i, block);
-                 }
-                 return static_cast<const float*>(noisy + item);
-               });
+               [&](int64_t r, float* b) { return noisy(r, keep ? kept + r * lay.n : b); });
+  return ffi::Error::Success();
+}
+
+// Backward's gradients for GumbelForward's rows when the perturbed scores were not kept: each
+// row's noise is drawn again (the same words) and added to its scores.
+ffi::Error GumbelBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
+                          ffi::Buffer<ffi::F32> scores, ffi::Buffer<ffi::F32> total_bar,
+                          ffi::Buffer<ffi::F32> aux, ffi::Buffer<ffi::F32> tau, int64_t k,
+                          bool tau_grad, ffi::ResultBuffer<ffi::F32> scores_bar,
+                          ffi::ResultBuffer<ffi::F32> tau_bar) {
+  Layout lay;
+  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
+  if (bad.failure()) return bad;
+  NoisyRows noisy;
+  bad = NoisyRows::make(keys, scores.typed_data(), lay, &noisy);
+  if (bad.failure()) return bad;
+  backward_rows(pool, lay, total_bar.typed_data(), aux.typed_data(), tau.typed_data(), k,
+                tau_grad, scores_bar->typed_data(), tau_bar->typed_data(), noisy);
   return ffi::Error::Success();
 }
 
@@ -1011,6 +1060,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelForward, GumbelForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k")
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelBackward, GumbelBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("k")
+                                  .Attr<bool>("tau_grad")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
