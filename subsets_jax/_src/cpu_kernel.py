@@ -229,7 +229,9 @@ def _relaxed_topk_fwd(scores, tau, k):
   return total, residuals if tau.perturbed else (*residuals, None)
 
 
-def _relaxed_topk_bwd(k, residuals, total_bar):
+def _backward(target: str, keys: tuple, residuals: tuple, total_bar, k: int):
+  """`(scores_bar, tau_bar or None)` from a backward FFI target; `keys`: its leading operands
+  (GumbelBackward's key data); `residuals`: `(scores, aux, tau[, None])`."""
   scores, aux, tau = residuals[:3]
   tau_grad = len(residuals) == 3
   if isinstance(total_bar, SymbolicZero):
@@ -238,9 +240,14 @@ def _relaxed_topk_bwd(k, residuals, total_bar):
     jax.ShapeDtypeStruct(scores.shape, jnp.float32),
     jax.ShapeDtypeStruct(scores.shape[:-1], jnp.float32),
   )
-  call = jax.ffi.ffi_call("SjRelaxedTopkBackward", out, vmap_method="broadcast_all")
-  scores_bar, tau_bar_rows = call(scores, total_bar, aux, tau, k=np.int64(k), tau_grad=tau_grad)
+  call = jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")
+  args = (*keys, scores, total_bar, aux, tau)
+  scores_bar, tau_bar_rows = call(*args, k=np.int64(k), tau_grad=tau_grad)
   return scores_bar, jnp.sum(tau_bar_rows).astype(tau.dtype) if tau_grad else None
+
+
+def _relaxed_topk_bwd(k, residuals, total_bar):
+  return _backward("SjRelaxedTopkBackward", (), residuals, total_bar, k)
 
 
 relaxed_topk.defvjp(_relaxed_topk_fwd, _relaxed_topk_bwd, symbolic_zeros=True)
@@ -294,21 +301,8 @@ def _gumbel_relaxed_topk_fwd(key_data, scores, tau, k):
 def _gumbel_relaxed_topk_bwd(k, residuals, total_bar):
   key_data, rest = residuals[0], residuals[1:]
   if key_data is None:  # the perturbed scores were kept (d perturbed / d scores = I)
-    scores_bar, tau_bar = _relaxed_topk_bwd(k, rest, total_bar)
-    return None, scores_bar, tau_bar
-  scores, aux, tau = rest[:3]
-  tau_grad = len(rest) == 3
-  if isinstance(total_bar, SymbolicZero):
-    total_bar = jnp.zeros(scores.shape, jnp.float32)
-  out = (
-    jax.ShapeDtypeStruct(scores.shape, jnp.float32),
-    jax.ShapeDtypeStruct(scores.shape[:-1], jnp.float32),
-  )
-  call = jax.ffi.ffi_call("SjGumbelBackward", out, vmap_method="broadcast_all")
-  scores_bar, tau_bar_rows = call(
-    key_data, scores, total_bar, aux, tau, k=np.int64(k), tau_grad=tau_grad
-  )
-  return None, scores_bar, jnp.sum(tau_bar_rows).astype(tau.dtype) if tau_grad else None
+    return None, *_backward("SjRelaxedTopkBackward", (), rest, total_bar, k)
+  return None, *_backward("SjGumbelBackward", (key_data,), rest, total_bar, k)
 
 
 gumbel_relaxed_topk.defvjp(_gumbel_relaxed_topk_fwd, _gumbel_relaxed_topk_bwd, symbolic_zeros=True)

@@ -39,6 +39,7 @@
 #include <mutex>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifdef __SSE__
@@ -1033,17 +1034,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjThreefryBits, ThreefryBits,
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>());
 
+// The backwards' operands after any leading ones: scores, total_bar, aux, tau; k, tau_grad;
+// results scores_bar, tau_bar.
+template <typename Binding>
+auto backward_operands(Binding binding) {
+  return std::move(binding)
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Attr<int64_t>("k")
+      .template Attr<bool>("tau_grad")
+      .template Ret<ffi::Buffer<ffi::F32>>()
+      .template Ret<ffi::Buffer<ffi::F32>>();
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjRelaxedTopkBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("k")
-                                  .Attr<bool>("tau_grad")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              backward_operands(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelPerturb, GumbelPerturb,
                               ffi::Ffi::Bind()
@@ -1064,17 +1071,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelForward, GumbelForward,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelBackward, GumbelBackward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("k")
-                                  .Attr<bool>("tau_grad")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              backward_operands(ffi::Ffi::Bind()
+                                                    .Ctx<ffi::ThreadPool>()
+                                                    .Arg<ffi::Buffer<ffi::U32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SjGumbelFromBits, GumbelFromBits,
                               ffi::Ffi::Bind()
