@@ -150,9 +150,9 @@ inline __m512 log1m16_small(__m512 p) {
   return _mm512_mul_ps(p, acc);
 }
 
-// log(1 - p) for 16 items; p > 1/2 (the dominant item) gives `log1m_top`. Blocks with every
-// p < 1/64 take the short series above.
-inline __m512 log1m16(__m512 p, float log1m_top) {
+// log(1 - p) for 16 items; p > 1/2 (the dominant item) gives `log1m_top` (its lane's). Blocks
+// with every p < 1/64 take the short series above.
+inline __m512 log1m16(__m512 p, __m512 log1m_top) {
   const __mmask16 small = _mm512_cmp_ps_mask(p, _mm512_set1_ps(1.0f / 64), _CMP_LT_OQ);
   if (small == 0xFFFF) return log1m16_small(p);
   const __mmask16 dom = _mm512_cmp_ps_mask(p, _mm512_set1_ps(0.5f), _CMP_GT_OQ);
@@ -168,13 +168,15 @@ inline __m512 log1m16(__m512 p, float log1m_top) {
   acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f / 3.0f));
   acc = _mm512_fmadd_ps(acc, z2, _mm512_set1_ps(1.0f));
   const __m512 l = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), z), acc);
-  return _mm512_mask_mov_ps(l, dom, _mm512_set1_ps(log1m_top));
+  return _mm512_mask_mov_ps(l, dom, log1m_top);
 }
 
 // log(1 - p) for a step whose every p is below 1/64 (std::true_type: no test per block) or
 // not known to be (std::false_type).
-inline __m512 log1m16(__m512 p, float, std::true_type) { return log1m16_small(p); }
-inline __m512 log1m16(__m512 p, float log1m_top, std::false_type) { return log1m16(p, log1m_top); }
+inline __m512 log1m16(__m512 p, __m512, std::true_type) { return log1m16_small(p); }
+inline __m512 log1m16(__m512 p, __m512 log1m_top, std::false_type) {
+  return log1m16(p, log1m_top);
+}
 
 // 1 / (1 - p) for 16 items that all have p < 1/64: 1 + p + ... + p^4, relative error below
 // p^5 < 1e-9.
@@ -323,14 +325,14 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
       __m512 vs = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
       __m512 vb_max = _mm512_set1_ps(kNegInf);
       const __m512 vinv_s = _mm512_set1_ps(inv_s), vinv_tau = _mm512_set1_ps(inv_tau);
-      const __m512 vm = _mm512_set1_ps(m_next);
+      const __m512 vm = _mm512_set1_ps(m_next), vlog1m_top = _mm512_set1_ps(log1m_top);
       // `all_small`: every p of the row is below 1/64 (its largest, e_max / s, is), so each
       // block takes the short series without testing (the same values the test would give).
       with_flag(e_max * inv_s < 1.0f / 64, [&](auto all_small) {
         for (int64_t i = 0; i < vec_end; i += kLanes) {
           const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
           _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
-          const __m512 l = log1m16(p, log1m_top, all_small);
+          const __m512 l = log1m16(p, vlog1m_top, all_small);
           const __m512 bn = _mm512_fmadd_ps(l, vinv_tau, _mm512_loadu_ps(b + i));
           _mm512_storeu_ps(b + i, bn);
           if (carried) {
@@ -385,7 +387,7 @@ void replay_step(float* b, float* p_out, int64_t n, float inv_tau, const float* 
         const __m512 bv = _mm512_loadu_ps(b + i);
         const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
         if (p_out) _mm512_storeu_ps(p_out + i, pi);
-        const __m512 l = log1m16(pi, log1m_top, all_small);
+        const __m512 l = log1m16(pi, _mm512_set1_ps(log1m_top), all_small);
         _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, vinv_tau, bv));
       }
     });
@@ -494,7 +496,8 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
                     _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
                 vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
                 if constexpr (decltype(want_tau)::value)
-                  vtau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), vtau_prev);
+                  vtau_prev = _mm512_fmadd_ps(
+                      g, log1m16(pp, _mm512_set1_ps(log1m_top_prev)), vtau_prev);
               }
               _mm512_storeu_ps(t + i, t_prev);
               vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
@@ -637,12 +640,336 @@ ffi::Error layout(ffi::AnyBuffer::Dimensions dims, int64_t tau_size, int64_t k, 
   return ffi::Error::Success();
 }
 
+#ifdef __AVX512F__
+// Short rows, 16 at a time. A row of n = 100 items is 7 vectors, and each step's fixed costs
+// (the step's scalars, three horizontal reductions, a test per block) took about half of the
+// forward's time at (100, 100, 9). For rows of at most kShortMax items (k <= kSegment, every
+// tau >= kCarriedTauMin) the forward and backward instead run 16 rows at once, one per lane:
+// a group's rows are transposed into [n][16] scratch, vector i holding item i of all 16 rows,
+// so that every pass, the reductions and the step's scalars are the same operations as the
+// row kernel's, lane by lane, with no horizontal work. Lanes past the last row hold rows of
+// -inf (p = 0 everywhere). The backward replays the forward's p bitwise, as the row kernel's.
+constexpr int64_t kShortMax = 256;
+
+inline __m512 xla_log16(__m512 v);  // defined with the Gumbel transform below
+
+struct ShortScalars {
+  __m512 m, inv_s, log1m_top, inv_share;
+};
+
+inline __m512 finite_or_zero(__m512 v) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ), v);
+}
+
+// `step_scalars` for 16 rows, lane by lane (b, e: [n][16]); returns m_next.
+__m512 step_scalars16(const float* b, const float* e, int64_t n, __m512 m, __m512 s,
+                      __m512 e_max, __m512 tau, ShortScalars* out) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  const __m512 inv_s =
+      _mm512_div_ps(one, _mm512_mask_mov_ps(one, _mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), s));
+  const __mmask16 dominant =
+      _mm512_cmp_ps_mask(_mm512_mul_ps(e_max, inv_s), _mm512_set1_ps(0.5f), _CMP_GT_OQ);
+  const __mmask16 e_pos = _mm512_cmp_ps_mask(e_max, zero, _CMP_GT_OQ);
+  const __m512 log_e_max = xla_log16(_mm512_mask_mov_ps(one, e_pos, e_max));
+  const __m512 top = _mm512_add_ps(m, log_e_max);
+  *out = {m, inv_s, zero, one};
+  if (!dominant) return _mm512_mask_mov_ps(m, e_pos, top);
+  __m512 others = zero, runner_up = _mm512_set1_ps(kNegInf);
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512 ev = _mm512_loadu_ps(e + i * kLanes);
+    const __mmask16 rest = _mm512_cmp_ps_mask(ev, e_max, _CMP_NEQ_UQ);
+    others = _mm512_mask_add_ps(others, rest, others, ev);
+    runner_up = _mm512_mask_max_ps(runner_up, rest, runner_up, _mm512_loadu_ps(b + i * kLanes));
+  }
+  const __mmask16 use_log =
+      _mm512_cmp_ps_mask(others, _mm512_mul_ps(_mm512_set1_ps(kOthersFloor), e_max), _CMP_GT_OQ);
+  const __mmask16 needs_gap =
+      ~use_log & _mm512_cmp_ps_mask(s, _mm512_mul_ps(_mm512_set1_ps(2.0f), e_max), _CMP_LT_OQ) &
+      _mm512_cmp_ps_mask(runner_up, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
+  const __m512 gap = _mm512_maskz_mov_ps(needs_gap, _mm512_sub_ps(runner_up, top));
+  const __m512 log_others = _mm512_mask_mov_ps(_mm512_add_ps(gap, log_e_max), use_log,
+                                               xla_log16(_mm512_mask_mov_ps(one, use_log, others)));
+  const __m512 log1m_top = _mm512_add_ps(log_others, xla_log16(inv_s));
+  const __m512 inv_share = _mm512_maskz_mov_ps(use_log, exp16(_mm512_sub_ps(zero, log1m_top)));
+  out->log1m_top = _mm512_maskz_mov_ps(dominant, log1m_top);
+  out->inv_share = _mm512_mask_mov_ps(one, dominant, inv_share);
+  const __m512 m_next = _mm512_max_ps(_mm512_add_ps(top, _mm512_div_ps(log1m_top, tau)), runner_up);
+  return _mm512_mask_mov_ps(m, e_pos, _mm512_mask_mov_ps(top, dominant, m_next));
+}
+
+// Lane l of 16 rows' aux, [16][k][kAux]: float c of step j, as a vector.
+inline __m512 aux_lanes(const float* aux, int64_t k, int64_t j, int c) {
+  const __m512i rows = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(k * kAux)));
+  return _mm512_i32gather_ps(rows, aux + j * kAux + c, 4);
+}
+
+inline void store_aux_lanes(float* aux, int64_t k, int64_t j, int c, __m512 v) {
+  alignas(64) float lanes[kLanes];
+  _mm512_store_ps(lanes, v);
+  for (int64_t l = 0; l < kLanes; ++l) aux[l * k * kAux + j * kAux + c] = lanes[l];
+}
+
+inline bool all_below(__m512 v, float bound) {
+  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(bound), _CMP_LT_OQ) == 0xFFFF;
+}
+
+// `forward_row` (its carried form) for 16 rows: b [n][16] (overwritten), e, total [n][16],
+// aux [16][k][kAux].
+void forward_group(float* b, float* e, float* total, int64_t n, int64_t k, __m512 tau,
+                   float* aux) {
+  const __m512 inv_tau = _mm512_div_ps(_mm512_set1_ps(1.0f), tau);
+  __m512 m = _mm512_set1_ps(kNegInf);
+  for (int64_t i = 0; i < n; ++i) m = _mm512_max_ps(m, _mm512_loadu_ps(b + i * kLanes));
+  m = finite_or_zero(m);
+  __m512 s = _mm512_setzero_ps(), e_max = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512 ev = exp16(_mm512_sub_ps(_mm512_loadu_ps(b + i * kLanes), m));
+    _mm512_storeu_ps(e + i * kLanes, ev);
+    s = _mm512_add_ps(s, ev), e_max = _mm512_max_ps(e_max, ev);
+  }
+  std::fill(total, total + n * kLanes, 0.0f);
+  for (int64_t j = 0; j < k; ++j) {
+    ShortScalars sc;
+    const __m512 m_next = step_scalars16(b, e, n, m, s, e_max, tau, &sc);
+    const __m512 p_max = _mm512_mul_ps(e_max, sc.inv_s);
+    const __m512 scalars[kAux] = {sc.m, sc.inv_s, sc.log1m_top, sc.inv_share, p_max};
+    for (int c = 0; c < kAux; ++c) store_aux_lanes(aux, k, j, c, scalars[c]);
+    if (j == k - 1) {
+      for (int64_t i = 0; i < n * kLanes; i += kLanes)
+        _mm512_storeu_ps(total + i, _mm512_fmadd_ps(_mm512_loadu_ps(e + i), sc.inv_s,
+                                                    _mm512_loadu_ps(total + i)));
+      break;
+    }
+    __m512 s_next = _mm512_setzero_ps(), e_max_next = _mm512_setzero_ps();
+    with_flag(all_below(p_max, 1.0f / 64), [&](auto all_small) {
+      for (int64_t i = 0; i < n * kLanes; i += kLanes) {
+        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), sc.inv_s);
+        _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
+        const __m512 l = log1m16(p, sc.log1m_top, all_small);
+        const __m512 bn = _mm512_fmadd_ps(l, inv_tau, _mm512_loadu_ps(b + i));
+        _mm512_storeu_ps(b + i, bn);
+        const __m512 en = exp16(_mm512_sub_ps(bn, m_next));
+        _mm512_storeu_ps(e + i, en);
+        s_next = _mm512_add_ps(s_next, en), e_max_next = _mm512_max_ps(e_max_next, en);
+      }
+    });
+    m = m_next, s = s_next, e_max = e_max_next;
+  }
+}
+
+// `backward_row` for 16 rows in one segment (k <= kSegment): b0, total_bar [n][16] -> b_bar
+// [n][16] (= d/d b0) and, when `tau_grad`, each lane's sum of the steps' tau terms (in
+// double, lanes 0-7 and 8-15). scratch: (2 + k) n 16 floats.
+void backward_group(const float* b0, const float* total_bar, float* b_bar, int64_t n, int64_t k,
+                    __m512 tau, bool tau_grad, const float* aux, float* scratch,
+                    __m512d tau_sum[2]) {
+  const __m512 inv_tau = _mm512_div_ps(_mm512_set1_ps(1.0f), tau);
+  const int64_t size = n * kLanes;
+  float* b = scratch;
+  float* t = b + size;
+  float* ps = t + size;  // step j's p at ps + j size
+  std::copy(b0, b0 + size, b);
+  for (int64_t j = 0; j < k; ++j) {  // replay_step, storing every step's p
+    const __m512 m = aux_lanes(aux, k, j, 0), inv_s = aux_lanes(aux, k, j, 1);
+    const __m512 log1m_top = aux_lanes(aux, k, j, 2);
+    float* p_out = ps + j * size;
+    with_flag(all_below(aux_lanes(aux, k, j, 4), 1.0f / 64), [&](auto all_small) {
+      for (int64_t i = 0; i < size; i += kLanes) {
+        const __m512 bv = _mm512_loadu_ps(b + i);
+        const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, m)), inv_s);
+        _mm512_storeu_ps(p_out + i, pi);
+        const __m512 l = log1m16(pi, log1m_top, all_small);
+        _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, inv_tau, bv));
+      }
+    });
+  }
+  std::fill(b_bar, b_bar + size, 0.0f);
+  std::fill(t, t + size, 0.0f);  // b_bar = 0 after the last step
+  __m512 dot = _mm512_setzero_ps(), g_top = _mm512_setzero_ps();
+  for (int64_t i = 0; i < size; i += kLanes)
+    dot = _mm512_fmadd_ps(_mm512_loadu_ps(ps + (k - 1) * size + i), _mm512_loadu_ps(total_bar + i),
+                          dot);
+  tau_sum[0] = tau_sum[1] = _mm512_setzero_pd();
+  const __m512 half = _mm512_set1_ps(0.5f), minus1 = _mm512_set1_ps(-1.0f);
+  for (int64_t j = k - 1; j >= 0; --j) {
+    const __m512 share_m1 = _mm512_sub_ps(aux_lanes(aux, k, j, 3), _mm512_set1_ps(1.0f));
+    const __m512 log1m_top_prev = j > 0 ? aux_lanes(aux, k, j - 1, 2) : _mm512_setzero_ps();
+    const bool prev_all_small = j > 0 && all_below(aux_lanes(aux, k, j - 1, 4), 1.0f / 64);
+    const float* p = ps + j * size;
+    const float* p_prev = ps + (j > 0 ? j - 1 : 0) * size;
+    const __m512 vdot = dot, vtop = g_top;
+    __m512 dot_prev = _mm512_setzero_ps(), g_top_prev = _mm512_setzero_ps();
+    __m512 tau_prev = _mm512_setzero_ps();
+    with_flag(tau_grad, [&](auto want_tau) {
+      with_flag(prev_all_small, [&](auto prev_small) {
+        for (int64_t i = 0; i < size; i += kLanes) {
+          const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
+          const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
+          const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
+          const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
+          const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
+          const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
+          _mm512_storeu_ps(b_bar + i, bb);
+          const __m512 g = _mm512_mul_ps(bb, inv_tau);
+          const __m512 pp = _mm512_loadu_ps(p_prev + i);
+          __m512 t_prev;
+          if constexpr (decltype(prev_small)::value) {
+            t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
+            if constexpr (decltype(want_tau)::value)
+              tau_prev = _mm512_fmadd_ps(g, log1m16_small(pp), tau_prev);
+          } else {
+            const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
+            t_prev = _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
+            g_top_prev = _mm512_mask_add_ps(g_top_prev, dom_prev, g_top_prev, g);
+            if constexpr (decltype(want_tau)::value)
+              tau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), tau_prev);
+          }
+          _mm512_storeu_ps(t + i, t_prev);
+          dot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), dot_prev);
+        }
+      });
+    });
+    dot = dot_prev, g_top = g_top_prev;
+    if (j > 0 && tau_grad) {
+      tau_sum[0] = _mm512_add_pd(tau_sum[0], _mm512_cvtps_pd(_mm512_castps512_ps256(tau_prev)));
+      tau_sum[1] = _mm512_add_pd(
+          tau_sum[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                          _mm512_castps_pd(tau_prev), 1))));
+    }
+  }
+}
+
+// Whether the calls run their rows 16 at a time (forward and backward decide alike).
+bool short_rows(const Layout& lay, int64_t k, const float* taus) {
+  if (lay.n > kShortMax || k > kSegment) return false;
+  for (int64_t i = 0; i < lay.rows / lay.rows_per_tau; ++i)
+    if (!(taus[i] >= kCarriedTauMin)) return false;
+  return true;
+}
+
+// Rows [16 g, 16 g + 16) as [n][16] scaled scores (excluded -inf; lanes past the last row all
+// -inf), each row from `row_input(r, row)` and scaled in `row` (n floats); and their taus.
+template <typename In>
+__m512 scaled_group(const Layout& lay, const float* taus, int64_t g, In& row_input, float* row,
+                    float* out) {
+  const int64_t n = lay.n;
+  alignas(64) float lane_tau[kLanes];
+  std::fill(out, out + n * kLanes, kNegInf);
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const int64_t r = g * kLanes + l;
+    lane_tau[l] = r < lay.rows ? taus[r / lay.rows_per_tau] : 1.0f;
+    if (r >= lay.rows) continue;
+    scaled_row(row_input(r, row), row, n, n, lane_tau[l]);
+    for (int64_t i = 0; i < n; ++i) out[i * kLanes + l] = row[i];
+  }
+  return _mm512_load_ps(lane_tau);
+}
+
+// Lanes of [n][16] back to the group's rows of `out` ([rows][n]).
+void ungroup(const Layout& lay, int64_t g, const float* in, float* out) {
+  for (int64_t l = 0; l < kLanes && g * kLanes + l < lay.rows; ++l) {
+    float* row = out + (g * kLanes + l) * lay.n;
+    for (int64_t i = 0; i < lay.n; ++i) row[i] = in[i * kLanes + l];
+  }
+}
+
+// Lane values of aux ([16][k][kAux]) to the group's rows of `rows_aux` ([rows][k][kAux]).
+void aux_to_rows(const Layout& lay, int64_t k, int64_t g, const float* lanes, float* rows_aux) {
+  const int64_t per_row = k * kAux;
+  for (int64_t l = 0; l < kLanes && g * kLanes + l < lay.rows; ++l)
+    std::copy(lanes + l * per_row, lanes + (l + 1) * per_row, rows_aux + (g * kLanes + l) * per_row);
+}
+
+// The group's rows of `rows_aux` to lanes; lanes past the last row get a row of -inf's
+// scalars (m = 0, 1 / s = 1, no dominant item).
+void aux_to_lanes(const Layout& lay, int64_t k, int64_t g, const float* rows_aux, float* lanes) {
+  const int64_t per_row = k * kAux;
+  constexpr float kEmpty[kAux] = {0.0f, 1.0f, 0.0f, 1.0f, 0.0f};
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const int64_t r = g * kLanes + l;
+    float* lane = lanes + l * per_row;
+    if (r < lay.rows) {
+      std::copy(rows_aux + r * per_row, rows_aux + (r + 1) * per_row, lane);
+    } else {
+      for (int64_t j = 0; j < k; ++j) std::copy(kEmpty, kEmpty + kAux, lane + j * kAux);
+    }
+  }
+}
+
+template <typename In>
+void forward_groups(ffi::ThreadPool& pool, const Layout& lay, const float* taus, int64_t k,
+                    float* out, float* aux_out, In& row_input) {
+  const int64_t n = lay.n, size = n * kLanes, groups = (lay.rows + kLanes - 1) / kLanes;
+  auto group = [&](int64_t g, float* scratch) {
+    float *b = scratch, *e = b + size, *total = e + size, *row = total + size;
+    float* aux = row + n;
+    const __m512 tau = scaled_group(lay, taus, g, row_input, row, b);
+    forward_group(b, e, total, n, k, tau, aux);
+    ungroup(lay, g, total, out);
+    aux_to_rows(lay, k, g, aux, aux_out);
+  };
+  parallel_rows(pool, groups, size * k, 3 * size + n + kLanes * k * kAux, group);
+}
+
+template <typename In>
+void backward_groups(ffi::ThreadPool& pool, const Layout& lay, const float* tb, const float* a,
+                     const float* taus, int64_t k, bool tau_grad, float* out, float* tau_out,
+                     In& row_input) {
+  const int64_t n = lay.n, size = n * kLanes, groups = (lay.rows + kLanes - 1) / kLanes;
+  auto group = [&](int64_t g, float* scratch) {
+    float *b0 = scratch, *tb_lanes = b0 + size, *b_bar = tb_lanes + size, *row = b_bar + size;
+    float* aux = row + n;
+    float* work = aux + kLanes * k * kAux;
+    const __m512 tau = scaled_group(lay, taus, g, row_input, row, b0);
+    std::fill(tb_lanes, tb_lanes + size, 0.0f);
+    for (int64_t l = 0; l < kLanes && g * kLanes + l < lay.rows; ++l) {
+      const float* src = tb + (g * kLanes + l) * n;
+      for (int64_t i = 0; i < n; ++i) tb_lanes[i * kLanes + l] = src[i];
+    }
+    aux_to_lanes(lay, k, g, a, aux);
+    __m512d steps[2];
+    backward_group(b0, tb_lanes, b_bar, n, k, tau, tau_grad, aux, work, steps);
+    // As in backward_rows: d b0 / d scores = 1 / tau for kept items, d b0 / d tau = -b0 / tau.
+    __m512d scale[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+    for (int64_t i = 0; i < size; i += kLanes) {
+      const __m512 bb = _mm512_loadu_ps(b_bar + i), b0v = _mm512_loadu_ps(b0 + i);
+      const __mmask16 alive = _mm512_cmp_ps_mask(b0v, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
+      if (tau_grad) {
+        const __m512 prod_src = _mm512_maskz_mov_ps(alive, bb);
+        const __m512 b0z = _mm512_maskz_mov_ps(alive, b0v);
+        for (int half = 0; half < 2; ++half) {
+          const __m256 x = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(prod_src), half));
+          const __m256 y = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b0z), half));
+          scale[half] = _mm512_fmadd_pd(_mm512_cvtps_pd(x), _mm512_cvtps_pd(y), scale[half]);
+        }
+      }
+      _mm512_storeu_ps(b_bar + i, _mm512_maskz_div_ps(alive, bb, tau));
+    }
+    ungroup(lay, g, b_bar, out);
+    alignas(64) double lane_steps[kLanes], lane_scale[kLanes];
+    alignas(64) float lane_tau[kLanes];
+    _mm512_store_pd(lane_steps, steps[0]), _mm512_store_pd(lane_steps + 8, steps[1]);
+    _mm512_store_pd(lane_scale, scale[0]), _mm512_store_pd(lane_scale + 8, scale[1]);
+    _mm512_store_ps(lane_tau, tau);
+    for (int64_t l = 0; l < kLanes && g * kLanes + l < lay.rows; ++l)
+      tau_out[g * kLanes + l] =
+          tau_grad ? static_cast<float>(-(lane_steps[l] + lane_scale[l]) / lane_tau[l]) : 0.0f;
+  };
+  parallel_rows(pool, groups, size * k, (5 + k) * size + n + kLanes * k * kAux, group);
+}
+#endif
+
 // The forward over rows laid out as `lay`: row r's scores are `row_input(r, b)` (called on
 // the task that runs the row, so it may compute them there, in b, the row's first n floats
 // of scratch, which the scaling then overwrites in place: GumbelForward's noise).
 template <typename In>
 void forward_rows(ffi::ThreadPool& pool, const Layout& lay, const float* taus, int64_t k,
                   float* out, float* aux_out, In&& row_input) {
+#ifdef __AVX512F__
+  if (short_rows(lay, k, taus)) return forward_groups(pool, lay, taus, k, out, aux_out, row_input);
+#endif
   const int64_t n = lay.n, rows_per_tau = lay.rows_per_tau;
   const int64_t np = padded(n);
   auto row = [&](int64_t r, float* scratch) {
@@ -671,6 +998,10 @@ template <typename In>
 void backward_rows(ffi::ThreadPool& pool, const Layout& lay, const float* tb, const float* a,
                    const float* taus, int64_t k, bool tau_grad, float* out, float* tau_out,
                    In&& row_input) {
+#ifdef __AVX512F__
+  if (short_rows(lay, k, taus))
+    return backward_groups(pool, lay, tb, a, taus, k, tau_grad, out, tau_out, row_input);
+#endif
   const int64_t n = lay.n, rows_per_tau = lay.rows_per_tau;
   const Segments seg(k);
   const int64_t np = padded(n);
