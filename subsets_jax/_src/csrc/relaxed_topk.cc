@@ -209,6 +209,83 @@ inline void with_flag(bool flag, F&& fn) {
   }
 }
 
+#ifdef __AVX512F__
+// The vector passes shared by the row kernel (a row's blocks of 16 items, the step's scalars
+// broadcast) and the short-row kernel (16 rows item by item, one row's scalar per lane): the
+// same operations on `count` floats either way, so both replay their forward bitwise.
+
+// Applies a step: p = e inv_s, total += p, b += log(1 - p) / tau. Carried: writes the next
+// step's e = exp(b - m_next), adding it to *s and taking its maximum into *e_max; otherwise
+// takes b's maximum into *b_max.
+template <bool kCarried, typename AllSmall>
+inline void step_pass16(float* b, float* e, float* total, int64_t count, __m512 inv_s,
+                        __m512 log1m_top, __m512 inv_tau, __m512 m_next, AllSmall all_small,
+                        __m512* s, __m512* e_max, __m512* b_max) {
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), inv_s);
+    _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
+    const __m512 l = log1m16(p, log1m_top, all_small);
+    const __m512 bn = _mm512_fmadd_ps(l, inv_tau, _mm512_loadu_ps(b + i));
+    _mm512_storeu_ps(b + i, bn);
+    if constexpr (kCarried) {
+      const __m512 en = exp16(_mm512_sub_ps(bn, m_next));
+      _mm512_storeu_ps(e + i, en);
+      *s = _mm512_add_ps(*s, en), *e_max = _mm512_max_ps(*e_max, en);
+    } else {
+      *b_max = _mm512_max_ps(*b_max, bn);
+    }
+  }
+}
+
+// Replays a step on b from its scalars (bitwise the forward's p); stores p when `p_out`.
+template <typename AllSmall>
+inline void replay_pass16(float* b, float* p_out, int64_t count, __m512 m, __m512 inv_s,
+                          __m512 log1m_top, __m512 inv_tau, AllSmall all_small) {
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const __m512 bv = _mm512_loadu_ps(b + i);
+    const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, m)), inv_s);
+    if (p_out) _mm512_storeu_ps(p_out + i, pi);
+    const __m512 l = log1m16(pi, log1m_top, all_small);
+    _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, inv_tau, bv));
+  }
+}
+
+// The backward walk's pass for step j (see backward_row): b_bar += step j's VJP, then step
+// j - 1's t = g / (1 - p_prev) (0 for its dominant item) and its sums <p_prev, total_bar - t>,
+// g over its dominant item and, when `want_tau`, <g, log(1 - p_prev)>, added to the last three.
+template <typename WantTau, typename PrevSmall>
+inline void walk_pass16(const float* p, const float* p_prev, const float* total_bar, float* t,
+                        float* b_bar, int64_t count, __m512 share_m1, __m512 top_term,
+                        __m512 softmax_dot, __m512 inv_tau, __m512 log1m_top_prev, WantTau,
+                        PrevSmall, __m512* dot_prev, __m512* g_top_prev, __m512* tau_prev) {
+  const __m512 half = _mm512_set1_ps(0.5f), minus1 = _mm512_set1_ps(-1.0f);
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
+    const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
+    const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
+    const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
+    const __m512 inner = _mm512_fmadd_ps(top_term, coef, _mm512_sub_ps(p_bar, softmax_dot));
+    const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
+    _mm512_storeu_ps(b_bar + i, bb);
+    const __m512 g = _mm512_mul_ps(bb, inv_tau);
+    const __m512 pp = _mm512_loadu_ps(p_prev + i);
+    __m512 t_prev;
+    if constexpr (PrevSmall::value) {
+      t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
+      if constexpr (WantTau::value) *tau_prev = _mm512_fmadd_ps(g, log1m16_small(pp), *tau_prev);
+    } else {
+      const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
+      t_prev = _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
+      *g_top_prev = _mm512_mask_add_ps(*g_top_prev, dom_prev, *g_top_prev, g);
+      if constexpr (WantTau::value)
+        *tau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), *tau_prev);
+    }
+    _mm512_storeu_ps(t + i, t_prev);
+    *dot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), *dot_prev);
+  }
+}
+#endif
+
 // Floats stored per row and step: the scalars below, then the step's largest p (e_max / s),
 // which lets the backward's passes skip the per-block tests when every p is small.
 constexpr int64_t kAux = 5;
@@ -328,22 +405,11 @@ void forward_row(float* b, float* e, float* total, int64_t n, int64_t k, float t
       const __m512 vm = _mm512_set1_ps(m_next), vlog1m_top = _mm512_set1_ps(log1m_top);
       // `all_small`: every p of the row is below 1/64 (its largest, e_max / s, is), so each
       // block takes the short series without testing (the same values the test would give).
-      with_flag(e_max * inv_s < 1.0f / 64, [&](auto all_small) {
-        for (int64_t i = 0; i < vec_end; i += kLanes) {
-          const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), vinv_s);
-          _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
-          const __m512 l = log1m16(p, vlog1m_top, all_small);
-          const __m512 bn = _mm512_fmadd_ps(l, vinv_tau, _mm512_loadu_ps(b + i));
-          _mm512_storeu_ps(b + i, bn);
-          if (carried) {
-            const __m512 en = exp16(_mm512_sub_ps(bn, vm));
-            _mm512_storeu_ps(e + i, en);
-            vs = _mm512_add_ps(vs, en);
-            vmax = _mm512_max_ps(vmax, en);
-          } else {
-            vb_max = _mm512_max_ps(vb_max, bn);
-          }
-        }
+      with_flag(carried, [&](auto carry) {
+        with_flag(e_max * inv_s < 1.0f / 64, [&](auto all_small) {
+          step_pass16<decltype(carry)::value>(b, e, total, vec_end, vinv_s, vlog1m_top, vinv_tau,
+                                              vm, all_small, &vs, &vmax, &vb_max);
+        });
       });
       s_next = _mm512_reduce_add_ps(vs), e_max_next = _mm512_reduce_max_ps(vmax);
       b_max = _mm512_reduce_max_ps(vb_max);
@@ -383,13 +449,8 @@ void replay_step(float* b, float* p_out, int64_t n, float inv_tau, const float* 
     const __m512 vinv_tau = _mm512_set1_ps(inv_tau);
     // As in the forward: with every p below 1/64 no block needs testing.
     with_flag(a[4] < 1.0f / 64, [&](auto all_small) {
-      for (int64_t i = 0; i < vec_end; i += kLanes) {
-        const __m512 bv = _mm512_loadu_ps(b + i);
-        const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, vm)), vinv_s);
-        if (p_out) _mm512_storeu_ps(p_out + i, pi);
-        const __m512 l = log1m16(pi, _mm512_set1_ps(log1m_top), all_small);
-        _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, vinv_tau, bv));
-      }
+      replay_pass16(b, p_out, vec_end, vm, vinv_s, _mm512_set1_ps(log1m_top), vinv_tau,
+                    all_small);
     });
   }
 #endif
@@ -466,42 +527,16 @@ double backward_row(const float* b0, const float* total_bar, float* b_bar, int64
       float dot_prev = 0.0f, g_top_prev = 0.0f, tau_prev = 0.0f;
 #ifdef __AVX512F__
       {
-        const __m512 half = _mm512_set1_ps(0.5f), vinv_tau = _mm512_set1_ps(inv_tau);
-        const __m512 vdot = _mm512_set1_ps(softmax_dot), vtop = _mm512_set1_ps(top_term);
-        const __m512 share_m1 = _mm512_set1_ps(inv_share - 1.0f), minus1 = _mm512_set1_ps(-1.0f);
         __m512 vdot_prev = _mm512_setzero_ps(), vg_top_prev = _mm512_setzero_ps();
         __m512 vtau_prev = _mm512_setzero_ps();
         // `prev_small`: every p of step j - 1 is below 1/64, so it has no dominant item and
         // each block takes the short series without testing.
         with_flag(tau_grad, [&](auto want_tau) {
           with_flag(prev_all_small, [&](auto prev_small) {
-            for (int64_t i = 0; i < vec_end; i += kLanes) {
-              const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
-              const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
-              const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
-              const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
-              const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
-              const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
-              _mm512_storeu_ps(b_bar + i, bb);
-              const __m512 g = _mm512_mul_ps(bb, vinv_tau);
-              const __m512 pp = _mm512_loadu_ps(p_prev + i);
-              __m512 t_prev;
-              if constexpr (decltype(prev_small)::value) {
-                t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
-                if constexpr (decltype(want_tau)::value)
-                  vtau_prev = _mm512_fmadd_ps(g, log1m16_small(pp), vtau_prev);
-              } else {
-                const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
-                t_prev =
-                    _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
-                vg_top_prev = _mm512_mask_add_ps(vg_top_prev, dom_prev, vg_top_prev, g);
-                if constexpr (decltype(want_tau)::value)
-                  vtau_prev = _mm512_fmadd_ps(
-                      g, log1m16(pp, _mm512_set1_ps(log1m_top_prev)), vtau_prev);
-              }
-              _mm512_storeu_ps(t + i, t_prev);
-              vdot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), vdot_prev);
-            }
+            walk_pass16(p, p_prev, total_bar, t, b_bar, vec_end, _mm512_set1_ps(inv_share - 1.0f),
+                        _mm512_set1_ps(top_term), _mm512_set1_ps(softmax_dot),
+                        _mm512_set1_ps(inv_tau), _mm512_set1_ps(log1m_top_prev), want_tau,
+                        prev_small, &vdot_prev, &vg_top_prev, &vtau_prev);
           });
         });
         dot_prev = _mm512_reduce_add_ps(vdot_prev), g_top_prev = _mm512_reduce_add_ps(vg_top_prev);
@@ -744,16 +779,8 @@ void forward_group(float* b, float* e, float* total, int64_t n, int64_t k, __m51
     }
     __m512 s_next = _mm512_setzero_ps(), e_max_next = _mm512_setzero_ps();
     with_flag(all_below(p_max, 1.0f / 64), [&](auto all_small) {
-      for (int64_t i = 0; i < n * kLanes; i += kLanes) {
-        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), sc.inv_s);
-        _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
-        const __m512 l = log1m16(p, sc.log1m_top, all_small);
-        const __m512 bn = _mm512_fmadd_ps(l, inv_tau, _mm512_loadu_ps(b + i));
-        _mm512_storeu_ps(b + i, bn);
-        const __m512 en = exp16(_mm512_sub_ps(bn, m_next));
-        _mm512_storeu_ps(e + i, en);
-        s_next = _mm512_add_ps(s_next, en), e_max_next = _mm512_max_ps(e_max_next, en);
-      }
+      step_pass16<true>(b, e, total, n * kLanes, sc.inv_s, sc.log1m_top, inv_tau, m_next,
+                        all_small, &s_next, &e_max_next, nullptr);
     });
     m = m_next, s = s_next, e_max = e_max_next;
   }
@@ -774,15 +801,8 @@ void backward_group(const float* b0, const float* total_bar, float* b_bar, int64
   for (int64_t j = 0; j < k; ++j) {  // replay_step, storing every step's p
     const __m512 m = aux_lanes(aux, k, j, 0), inv_s = aux_lanes(aux, k, j, 1);
     const __m512 log1m_top = aux_lanes(aux, k, j, 2);
-    float* p_out = ps + j * size;
     with_flag(all_below(aux_lanes(aux, k, j, 4), 1.0f / 64), [&](auto all_small) {
-      for (int64_t i = 0; i < size; i += kLanes) {
-        const __m512 bv = _mm512_loadu_ps(b + i);
-        const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, m)), inv_s);
-        _mm512_storeu_ps(p_out + i, pi);
-        const __m512 l = log1m16(pi, log1m_top, all_small);
-        _mm512_storeu_ps(b + i, _mm512_fmadd_ps(l, inv_tau, bv));
-      }
+      replay_pass16(b, ps + j * size, size, m, inv_s, log1m_top, inv_tau, all_small);
     });
   }
   std::fill(b_bar, b_bar + size, 0.0f);
@@ -792,43 +812,18 @@ void backward_group(const float* b0, const float* total_bar, float* b_bar, int64
     dot = _mm512_fmadd_ps(_mm512_loadu_ps(ps + (k - 1) * size + i), _mm512_loadu_ps(total_bar + i),
                           dot);
   tau_sum[0] = tau_sum[1] = _mm512_setzero_pd();
-  const __m512 half = _mm512_set1_ps(0.5f), minus1 = _mm512_set1_ps(-1.0f);
   for (int64_t j = k - 1; j >= 0; --j) {
     const __m512 share_m1 = _mm512_sub_ps(aux_lanes(aux, k, j, 3), _mm512_set1_ps(1.0f));
     const __m512 log1m_top_prev = j > 0 ? aux_lanes(aux, k, j - 1, 2) : _mm512_setzero_ps();
     const bool prev_all_small = j > 0 && all_below(aux_lanes(aux, k, j - 1, 4), 1.0f / 64);
     const float* p = ps + j * size;
     const float* p_prev = ps + (j > 0 ? j - 1 : 0) * size;
-    const __m512 vdot = dot, vtop = g_top;
     __m512 dot_prev = _mm512_setzero_ps(), g_top_prev = _mm512_setzero_ps();
     __m512 tau_prev = _mm512_setzero_ps();
     with_flag(tau_grad, [&](auto want_tau) {
       with_flag(prev_all_small, [&](auto prev_small) {
-        for (int64_t i = 0; i < size; i += kLanes) {
-          const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
-          const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
-          const __m512 p_bar = _mm512_sub_ps(tb, _mm512_loadu_ps(t + i));
-          const __m512 coef = _mm512_mask_mov_ps(share_m1, dom, minus1);
-          const __m512 inner = _mm512_fmadd_ps(vtop, coef, _mm512_sub_ps(p_bar, vdot));
-          const __m512 bb = _mm512_fmadd_ps(pv, inner, _mm512_loadu_ps(b_bar + i));
-          _mm512_storeu_ps(b_bar + i, bb);
-          const __m512 g = _mm512_mul_ps(bb, inv_tau);
-          const __m512 pp = _mm512_loadu_ps(p_prev + i);
-          __m512 t_prev;
-          if constexpr (decltype(prev_small)::value) {
-            t_prev = _mm512_mul_ps(g, inv1m16_small(pp));
-            if constexpr (decltype(want_tau)::value)
-              tau_prev = _mm512_fmadd_ps(g, log1m16_small(pp), tau_prev);
-          } else {
-            const __mmask16 dom_prev = _mm512_cmp_ps_mask(pp, half, _CMP_GT_OQ);
-            t_prev = _mm512_maskz_mul_ps(~dom_prev, g, inv1m16(_mm512_maskz_mov_ps(~dom_prev, pp)));
-            g_top_prev = _mm512_mask_add_ps(g_top_prev, dom_prev, g_top_prev, g);
-            if constexpr (decltype(want_tau)::value)
-              tau_prev = _mm512_fmadd_ps(g, log1m16(pp, log1m_top_prev), tau_prev);
-          }
-          _mm512_storeu_ps(t + i, t_prev);
-          dot_prev = _mm512_fmadd_ps(pp, _mm512_sub_ps(tb, t_prev), dot_prev);
-        }
+        walk_pass16(p, p_prev, total_bar, t, b_bar, size, share_m1, g_top, dot, inv_tau,
+                    log1m_top_prev, want_tau, prev_small, &dot_prev, &g_top_prev, &tau_prev);
       });
     });
     dot = dot_prev, g_top = g_top_prev;
