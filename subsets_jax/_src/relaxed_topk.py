@@ -567,8 +567,10 @@ def soft_topk(
   instead of several XLA fusions; forward+backward 2-4x faster at n >= 1,000
   on a 2-core AVX-512 CPU, benchmarks/README.md): same rules and analytic
   backward, replayed in segments of 16 steps (its scratch grows with k / 16 per
-  thread), gradients in `scores` and `tau`, any batch axes and `vmap` (one
-  kernel call), its own float32 `exp` (within a few ulps). It is
+  thread; with AVX-512, rows of at most 256 items run 16 at a time, one per
+  vector lane, when k <= 16 and tau >= 1/16), gradients in `scores` and `tau`
+  (the backward skips tau's terms when tau is not differentiated), any batch
+  axes and `vmap` (one kernel call), its own float32 `exp` (within a few ulps). It is
   compiled on first use with the machine's C++ compiler (`$CXX`, `g++` or
   `c++`; `-march=native`, or `$SUBSETS_JAX_KERNEL_MARCH`) into the temporary
   folder (or `$SUBSETS_JAX_KERNEL_CACHE`), which takes a few seconds; a missing compiler

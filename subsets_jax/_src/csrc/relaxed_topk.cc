@@ -14,13 +14,15 @@
 // Stores the library's per-step scalars [m, 1/s, log1m_top, inv_share] per row and step.
 // Backward: replays the steps' p from those scalars (bitwise the forward's), in segments of at
 // most 16 steps, and walks back with `_step_vjp`'s formulas, one pass per step (each pass
-// applies step j and sums step j - 1's reductions, tau's term included). Rows are shared out
-// over XLA's CPU thread pool, padded with excluded items to whole vectors, with subnormals
-// flushed to zero as in XLA's own computations.
+// applies step j and sums step j - 1's reductions, tau's term only when tau is differentiated).
+// Rows are shared out over XLA's CPU thread pool, padded with excluded items to whole vectors,
+// with subnormals flushed to zero as in XLA's own computations; with AVX-512, short rows
+// (n <= 256, k <= 16, tau >= 1/16) go 16 at a time, one row per vector lane.
 //
 // Noise: JAX's threefry words for `gumbel_topk_relaxed`, and (GumbelPerturb) their Gumbel
 // transform, written with the operations XLA:CPU compiles `log` to, added to the scores in
-// the same pass.
+// the same pass; GumbelForward / GumbelBackward draw each row's noise inside the relaxation's
+// own tasks.
 //
 // With AVX-512 (`-march=native` on such a CPU) the hot loops are written with intrinsics, 16
 // items at a time: `exp` by a degree-7 polynomial and `vscalefps`, and for a block of 16 items
