@@ -428,8 +428,10 @@ def test_gumbel_relaxed_draws_the_noise_in_the_forward_call_where_the_check_pass
     for argnums in (0, (0, 1)):
       got = jax.grad(ours, argnums)(scores, jnp.float32(0.5))
       want = jax.grad(theirs, argnums)(perturbed, jnp.float32(0.5))
-      for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(g, e)
+      got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+      np.testing.assert_array_equal(got[0], want[0])
+      if argnums != 0:  # tau's: the rows' terms summed, in the separate path after a reshape
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
 
 
 @pytest.mark.parametrize("keep_max", [2**22, 0])
@@ -474,29 +476,41 @@ def test_backward_takes_tau_terms_only_when_tau_is_differentiated(rng):
 def test_short_rows_run_sixteen_at_a_time_as_the_row_kernel_does(rng):
   """Rows of at most 256 items (k <= 16, every tau >= 1/16) run 16 at a time, one row per
   lane; one more, excluded, item (257) sends the same rows through the row kernel. Values and
-  gradients agree to float32 rounding, with edge-case rows in several groups and a vmapped
-  tau per 20 rows (groups of 16 straddle them); 60 rows leave the last group part empty."""
+  gradients of both, and their difference, are within 3x XLA's own float32 error against
+  float64 (as `_assert_as_accurate_as_xla`), with edge-case rows in several groups and a
+  vmapped tau per 20 rows (groups of 16 straddle them); 60 rows leave the last group part
+  empty."""
   scores = reference.hard_rows(rng, 60, 256)
   scores[17:20] = reference.hard_rows(rng, 3, 256)  # edge cases in the second group too
-  scores = jnp.asarray(scores.reshape(3, 20, 256))
-  w = jnp.asarray(rng.normal(size=(3, 20, 256)).astype(np.float32))
-  taus = jnp.asarray([0.0625, 0.5, 3.0], jnp.float32)
+  scores = scores.reshape(3, 20, 256)
+  w = rng.normal(size=(3, 20, 256)).astype(np.float32)
+  taus = np.asarray([0.0625, 0.5, 3.0], np.float32)
 
-  def run(s, ww):
-    topk = lambda s, t: sj.soft_topk(s, 9, t, **KERNEL)
-    grads = jax.vmap(jax.grad(lambda s, t, ww: jnp.sum(ww * topk(s, t)), (0, 1)))(s, taus, ww)
-    return jax.vmap(topk)(s, taus), *grads
+  def run(s, ww, dtype, **kw):
+    s, ww, t = (jnp.asarray(x, dtype) for x in (s, ww, taus))
+    topk = lambda s, t: sj.soft_topk(s, 9, t, **kw)
+    grads = jax.vmap(jax.grad(lambda s, t, ww: jnp.sum(ww * topk(s, t)), (0, 1)))(s, t, ww)
+    return [np.asarray(x, np.float64) for x in (jax.vmap(topk)(s, t), *grads)]
 
-  pad = lambda x, v: jnp.concatenate([x, jnp.full((3, 20, 1), v, jnp.float32)], axis=-1)
-  short = run(scores, w)
-  rows = run(pad(scores, -jnp.inf), pad(w, 0.0))
+  pad = lambda x, v: np.concatenate([x, np.full((3, 20, 1), v, np.float32)], axis=-1)
+  short = run(scores, w, jnp.float32, **KERNEL)
+  rows = run(pad(scores, -np.inf), pad(w, 0.0), jnp.float32, **KERNEL)
   np.testing.assert_array_equal(rows[0][..., 256], 0.0)
-  for name, s, r in zip(("value", "d/dscores", "d/dtau"), short, rows, strict=True):
+  xla = run(scores, w, jnp.float32)
+  with jax.enable_x64(True):
+    exact = run(scores, w, jnp.float64)
+  floors = {"value": 1e-6, "d/dscores": 1e-6, "d/dtau": 1e-3}
+  for name, s, r, lib, ex in zip(floors, short, rows, xla, exact, strict=True):
     r = r[..., :256] if name != "d/dtau" else r
-    scale = float(jnp.abs(r).max())
-    err = float(jnp.abs(s - r).max())
-    assert err <= {"value": 2e-6, "d/dscores": 2e-6, "d/dtau": 1e-4}[name] * max(scale, 1), (
-      name,
-      err,
-      scale,
-    )
+    scale = float(np.abs(ex).max())
+    bound = max(3 * float(np.abs(lib - ex).max()), floors[name] * scale)
+    errors = [float(np.abs(x - y).max()) for x, y in ((s, ex), (r, ex), (s, r))]
+    assert max(errors) <= bound, (name, errors, bound)
+
+
+def test_a_batch_of_no_rows_gives_empty_results_and_gradients(key):
+  scores = jnp.ones((2, 0, 7), jnp.float32)
+  relaxed = lambda s: sj.gumbel_topk_relaxed(key, s, 3, 0.5, **KERNEL)
+  assert relaxed(scores).shape == (2, 0, 7)
+  assert jax.jit(jax.grad(lambda s: jnp.sum(relaxed(s) ** 2)))(scores).shape == (2, 0, 7)
+  assert sj.soft_topk(scores, 3, 0.5, **KERNEL).shape == (2, 0, 7)

@@ -432,3 +432,14 @@ def test_unknown_vjp_mode(key):
 def test_hard_must_be_bool(key):
   with pytest.raises(TypeError, match="hard must be a bool"):
     sj.gumbel_topk_relaxed(key, jnp.zeros(5), 2, hard=1)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("shape", [(0, 10), (2, 0, 7)])
+def test_a_batch_of_no_rows_gives_empty_results_and_gradients(shape, hard, key):
+  scores = jnp.ones(shape, jnp.float32)
+  relaxed = lambda s: sj.gumbel_topk_relaxed(key, s, 3, 0.5, hard=hard)
+  assert relaxed(scores).shape == shape
+  assert jax.jit(jax.grad(lambda s: jnp.sum(relaxed(s) ** 2)))(scores).shape == shape
+  assert sj.soft_topk(scores, 3, 0.5).shape == shape
+  assert sj.gumbel_topk(key, scores, 3).shape == (*shape[:-1], 3)

@@ -487,6 +487,8 @@ def _soft_topk_core(
   scores: jax.Array, k: int, tau: jax.Array, vjp: str, implementation: str = "xla"
 ) -> jax.Array:
   """`soft_topk` on validated input already in the compute dtype."""
+  if scores.size == 0:  # a batch of no rows (k <= n was checked, so n >= 1)
+    return jnp.zeros_like(scores)
   if implementation == "cpu_kernel":
     rows = scores.reshape(-1, scores.shape[-1])
     return _kernel_or_xla(rows, tau, k).reshape(scores.shape)
@@ -688,7 +690,9 @@ def gumbel_topk_relaxed(
     raise TypeError(f"hard must be a bool; got {type(hard).__name__}.")
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   dtype = validation.compute_dtype(scores.dtype)
-  if not hard and gumbel.kernel_draws_noise(key, scores.shape, dtype, implementation):
+  if (
+    not hard and scores.size and gumbel.kernel_draws_noise(key, scores.shape, dtype, implementation)
+  ):
     return _kernel_noise_or_xla(key, scores.astype(dtype), tau, k).astype(scores.dtype)
   perturbed = gumbel.perturb(key, scores, implementation)
   soft = _soft_topk_core(perturbed, k, tau, vjp, implementation)

@@ -72,8 +72,9 @@ def check_shape_source(scores, *, name: str = "scores") -> None:
 
 
 def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> None:
-  """Concrete scores need at least `k` finite entries in every row."""
-  if is_concrete(scores):
+  """Concrete scores need at least `k` finite entries in every row (a batch of no rows has
+  none to check)."""
+  if is_concrete(scores) and scores.size:
     fewest = int(np.isfinite(np.asarray(scores, dtype=np.float64)).sum(axis=-1).min())
     if fewest < k:
       raise ValueError(

@@ -131,15 +131,18 @@ inline __m512 exp16(__m512 x) {
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, i);
-  __m512 p = _mm512_set1_ps(1.5252733804059838e-5f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381606e-4f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, i);
+  // The polynomial in Estrin's form (pairs, then f^2 and f^4) rather than Horner's: a chain
+  // of 4 dependent multiply-adds instead of 7. The passes are bound by such chains: forward
+  // and backward 355 / 351 -> 320 / 323 ns per row and step at n = 1,008 (with the passes
+  // unrolled twice), one thread.
+  const auto c = [](float v) { return _mm512_set1_ps(v); };
+  const __m512 f2 = _mm512_mul_ps(f, f), f4 = _mm512_mul_ps(f2, f2);
+  const __m512 p01 = _mm512_fmadd_ps(c(6.9314718055994531e-1f), f, c(1.0f));
+  const __m512 p23 = _mm512_fmadd_ps(c(5.5504108664821580e-2f), f, c(2.4022650695910071e-1f));
+  const __m512 p45 = _mm512_fmadd_ps(c(1.3333558146428443e-3f), f, c(9.6181291076284772e-3f));
+  const __m512 p67 = _mm512_fmadd_ps(c(1.5252733804059838e-5f), f, c(1.5403530393381606e-4f));
+  const __m512 low = _mm512_fmadd_ps(p23, f2, p01), high = _mm512_fmadd_ps(p67, f2, p45);
+  return _mm512_scalef_ps(_mm512_fmadd_ps(high, f4, low), i);
 }
 
 // log(1 - p) for 16 items that all have p < 1/64 (nearly all blocks at large n):
@@ -214,7 +217,9 @@ inline void with_flag(bool flag, F&& fn) {
 #ifdef __AVX512F__
 // The vector passes shared by the row kernel (a row's blocks of 16 items, the step's scalars
 // broadcast) and the short-row kernel (16 rows item by item, one row's scalar per lane): the
-// same operations on `count` floats either way, so both replay their forward bitwise.
+// same operations on `count` floats either way, so both replay their forward bitwise. Each
+// loop is unrolled twice, which puts more independent blocks in flight (forward 364 -> 355 ns
+// per row and step at n = 1,008, one thread).
 
 // Applies a step: p = e inv_s, total += p, b += log(1 - p) / tau. Carried: writes the next
 // step's e = exp(b - m_next), adding it to *s and taking its maximum into *e_max; otherwise
@@ -223,6 +228,7 @@ template <bool kCarried, typename AllSmall>
 inline void step_pass16(float* b, float* e, float* total, int64_t count, __m512 inv_s,
                         __m512 log1m_top, __m512 inv_tau, __m512 m_next, AllSmall all_small,
                         __m512* s, __m512* e_max, __m512* b_max) {
+#pragma GCC unroll 2
   for (int64_t i = 0; i < count; i += kLanes) {
     const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(e + i), inv_s);
     _mm512_storeu_ps(total + i, _mm512_add_ps(_mm512_loadu_ps(total + i), p));
@@ -243,6 +249,7 @@ inline void step_pass16(float* b, float* e, float* total, int64_t count, __m512 
 template <typename AllSmall>
 inline void replay_pass16(float* b, float* p_out, int64_t count, __m512 m, __m512 inv_s,
                           __m512 log1m_top, __m512 inv_tau, AllSmall all_small) {
+#pragma GCC unroll 2
   for (int64_t i = 0; i < count; i += kLanes) {
     const __m512 bv = _mm512_loadu_ps(b + i);
     const __m512 pi = _mm512_mul_ps(exp16(_mm512_sub_ps(bv, m)), inv_s);
@@ -261,6 +268,7 @@ inline void walk_pass16(const float* p, const float* p_prev, const float* total_
                         __m512 softmax_dot, __m512 inv_tau, __m512 log1m_top_prev, WantTau,
                         PrevSmall, __m512* dot_prev, __m512* g_top_prev, __m512* tau_prev) {
   const __m512 half = _mm512_set1_ps(0.5f), minus1 = _mm512_set1_ps(-1.0f);
+#pragma GCC unroll 2
   for (int64_t i = 0; i < count; i += kLanes) {
     const __m512 pv = _mm512_loadu_ps(p + i), tb = _mm512_loadu_ps(total_bar + i);
     const __mmask16 dom = _mm512_cmp_ps_mask(pv, half, _CMP_GT_OQ);
