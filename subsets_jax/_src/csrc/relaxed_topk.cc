@@ -691,9 +691,12 @@ ffi::Error layout(ffi::AnyBuffer::Dimensions dims, int64_t tau_size, int64_t k, 
 // forward's time at (100, 100, 9). For rows of at most kShortMax items (k <= kSegment, every
 // tau >= kCarriedTauMin) the forward and backward instead run 16 rows at once, one per lane:
 // a group's rows are transposed into [n][16] scratch, vector i holding item i of all 16 rows,
-// so that every pass, the reductions and the step's scalars are the same operations as the
-// row kernel's, lane by lane, with no horizontal work. Lanes past the last row hold rows of
-// -inf (p = 0 everywhere). The backward replays the forward's p bitwise, as the row kernel's.
+// so that every pass and reduction is the row kernel's, lane by lane, with no horizontal
+// work, and the step's scalars are its formulas on vectors (their logs by the Gumbel
+// transform's vector `log`). Lanes past the last row hold rows of -inf (p = 0 everywhere).
+// The backward replays the forward's p bitwise, as the row kernel's. Up to 256 items: at 512
+// the two layouts were even once the transposes are counted, at 1,000 the short one's
+// backward (k arrays of 16 rows) no longer stayed in cache.
 constexpr int64_t kShortMax = 256;
 
 inline __m512 xla_log16(__m512 v);  // defined with the Gumbel transform below
