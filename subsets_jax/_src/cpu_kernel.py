@@ -102,9 +102,10 @@ def library() -> ctypes.CDLL:
   Registers its handlers as CPU FFI targets. Raises RuntimeError when it cannot be built.
   """
   lib = ctypes.cdll.LoadLibrary(str(_build()))
-  targets = ("SjRelaxedTopkForward", "SjRelaxedTopkBackward", "SjThreefryBits")
   for name in (
-    *targets,
+    "SjRelaxedTopkForward",
+    "SjRelaxedTopkBackward",
+    "SjThreefryBits",
     "SjGumbelPerturb",
     "SjGumbelFromBits",
     "SjGumbelForward",

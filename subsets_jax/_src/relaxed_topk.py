@@ -460,7 +460,7 @@ def _kernel_or_xla(rows: jax.Array, tau: jax.Array, k: int) -> jax.Array:
     rows,
     tau,
     cpu=lambda s, t: cpu_kernel.relaxed_topk(s, t, k),
-    default=lambda s, t: _recursion_recompute(_scaled_rows(s, t), t, k),
+    default=lambda s, t: _soft_topk_core(s, k, t, "recompute"),
   )
 
 
@@ -469,17 +469,14 @@ def _kernel_noise_or_xla(key: jax.Array, scores: jax.Array, tau: jax.Array, k: i
   the noise (`gumbel.kernel_draws_noise`): on CPU one kernel call draws it and runs the
   forward (`cpu_kernel.gumbel_relaxed_topk`); elsewhere `jax.random.gumbel` and the
   "recompute" XLA form."""
-
-  def default(key, s, t):
-    rows = _scaled_rows(s + jax.random.gumbel(key, s.shape, s.dtype), t)
-    return _recursion_recompute(rows.reshape(-1, s.shape[-1]), t, k).reshape(s.shape)
-
   return jax.lax.platform_dependent(
     key,
     scores,
     tau,
     cpu=lambda key, s, t: cpu_kernel.gumbel_relaxed_topk(threefry.key_data(key), s, t, k),
-    default=default,
+    default=lambda key, s, t: _soft_topk_core(
+      s + jax.random.gumbel(key, s.shape, s.dtype), k, t, "recompute"
+    ),
   )
 
 

@@ -745,6 +745,11 @@ __m512 step_scalars16(const float* b, const float* e, int64_t n, __m512 m, __m51
   return _mm512_mask_mov_ps(m, e_pos, _mm512_mask_mov_ps(top, dominant, m_next));
 }
 
+// Lanes 0-7 (half 0) or 8-15 (half 1) of v in double (AVX-512F alone, no DQ extract).
+inline __m512d widen_half(__m512 v, int half) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), half)));
+}
+
 // Lane l of 16 rows' aux, [16][k][kAux]: float c of step j, as a vector.
 inline __m512 aux_lanes(const float* aux, int64_t k, int64_t j, int c) {
   const __m512i rows = _mm512_mullo_epi32(
@@ -841,10 +846,8 @@ void backward_group(const float* b0, const float* total_bar, float* b_bar, int64
     });
     dot = dot_prev, g_top = g_top_prev;
     if (j > 0 && tau_grad) {
-      tau_sum[0] = _mm512_add_pd(tau_sum[0], _mm512_cvtps_pd(_mm512_castps512_ps256(tau_prev)));
-      tau_sum[1] = _mm512_add_pd(
-          tau_sum[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
-                          _mm512_castps_pd(tau_prev), 1))));
+      for (int half = 0; half < 2; ++half)
+        tau_sum[half] = _mm512_add_pd(tau_sum[half], widen_half(tau_prev, half));
     }
   }
 }
@@ -855,6 +858,11 @@ bool short_rows(const Layout& lay, int64_t k, const float* taus) {
   for (int64_t i = 0; i < lay.rows / lay.rows_per_tau; ++i)
     if (!(taus[i] >= kCarriedTauMin)) return false;
   return true;
+}
+
+// A row of n floats into lane l of [n][16].
+inline void to_lane(const float* row, int64_t n, int64_t l, float* lanes) {
+  for (int64_t i = 0; i < n; ++i) lanes[i * kLanes + l] = row[i];
 }
 
 // Rows [16 g, 16 g + 16) as [n][16] scaled scores (excluded -inf; lanes past the last row all
@@ -870,7 +878,7 @@ __m512 scaled_group(const Layout& lay, const float* taus, int64_t g, In& row_inp
     lane_tau[l] = r < lay.rows ? taus[r / lay.rows_per_tau] : 1.0f;
     if (r >= lay.rows) continue;
     scaled_row(row_input(r, row), row, n, n, lane_tau[l]);
-    for (int64_t i = 0; i < n; ++i) out[i * kLanes + l] = row[i];
+    to_lane(row, n, l, out);
   }
   return _mm512_load_ps(lane_tau);
 }
@@ -932,10 +940,8 @@ void backward_groups(ffi::ThreadPool& pool, const Layout& lay, const float* tb, 
     float* work = aux + kLanes * k * kAux;
     const __m512 tau = scaled_group(lay, taus, g, row_input, row, b0);
     std::fill(tb_lanes, tb_lanes + size, 0.0f);
-    for (int64_t l = 0; l < kLanes && g * kLanes + l < lay.rows; ++l) {
-      const float* src = tb + (g * kLanes + l) * n;
-      for (int64_t i = 0; i < n; ++i) tb_lanes[i * kLanes + l] = src[i];
-    }
+    for (int64_t l = 0; l < kLanes && g * kLanes + l < lay.rows; ++l)
+      to_lane(tb + (g * kLanes + l) * n, n, l, tb_lanes);
     aux_to_lanes(lay, k, g, a, aux);
     __m512d steps[2];
     backward_group(b0, tb_lanes, b_bar, n, k, tau, tau_grad, aux, work, steps);
@@ -945,13 +951,9 @@ void backward_groups(ffi::ThreadPool& pool, const Layout& lay, const float* tb, 
       const __m512 bb = _mm512_loadu_ps(b_bar + i), b0v = _mm512_loadu_ps(b0 + i);
       const __mmask16 alive = _mm512_cmp_ps_mask(b0v, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
       if (tau_grad) {
-        const __m512 prod_src = _mm512_maskz_mov_ps(alive, bb);
-        const __m512 b0z = _mm512_maskz_mov_ps(alive, b0v);
-        for (int half = 0; half < 2; ++half) {
-          const __m256 x = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(prod_src), half));
-          const __m256 y = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b0z), half));
-          scale[half] = _mm512_fmadd_pd(_mm512_cvtps_pd(x), _mm512_cvtps_pd(y), scale[half]);
-        }
+        const __m512 x = _mm512_maskz_mov_ps(alive, bb), y = _mm512_maskz_mov_ps(alive, b0v);
+        for (int half = 0; half < 2; ++half)
+          scale[half] = _mm512_fmadd_pd(widen_half(x, half), widen_half(y, half), scale[half]);
       }
       _mm512_storeu_ps(b_bar + i, _mm512_maskz_div_ps(alive, bb, tau));
     }
@@ -1264,14 +1266,18 @@ ffi::Error GumbelPerturb(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
 // [r n, (r + 1) n) of the flattened scores, whose key covers groups of size / keys items.
 class NoisyRows {
  public:
-  // Checks that each key covers whole rows.
-  static ffi::Error make(ffi::Buffer<ffi::U32>& keys, const float* scores, const Layout& lay,
-                         NoisyRows* out) {
+  // The call's layout (as `layout`), and its rows' noise; checks that each key covers whole
+  // rows.
+  static ffi::Error make(ffi::Buffer<ffi::U32>& keys, ffi::Buffer<ffi::F32>& scores,
+                         ffi::Buffer<ffi::F32>& tau, int64_t k, Layout* lay, NoisyRows* out) {
+    ffi::Error bad =
+        layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, lay);
+    if (bad.failure()) return bad;
     const int64_t num_keys = static_cast<int64_t>(keys.element_count()) / 2;
-    const int64_t size = lay.rows * lay.n;
-    if (num_keys < 1 || size % num_keys || (size / num_keys) % lay.n)
+    const int64_t size = lay->rows * lay->n;
+    if (num_keys < 1 || size % num_keys || (size / num_keys) % lay->n)
       return ffi::Error::InvalidArgument("one key per group of rows");
-    *out = NoisyRows(keys.typed_data(), scores, lay.n, size / num_keys);
+    *out = NoisyRows(keys.typed_data(), scores.typed_data(), lay->n, size / num_keys);
     return ffi::Error::Success();
   }
   NoisyRows() = default;
@@ -1306,10 +1312,8 @@ ffi::Error GumbelForward(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
                          ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> aux,
                          ffi::ResultBuffer<ffi::F32> perturbed) {
   Layout lay;
-  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
-  if (bad.failure()) return bad;
   NoisyRows noisy;
-  bad = NoisyRows::make(keys, scores.typed_data(), lay, &noisy);
+  ffi::Error bad = NoisyRows::make(keys, scores, tau, k, &lay, &noisy);
   if (bad.failure()) return bad;
   const bool keep = perturbed->element_count() != 0;
   if (keep && perturbed->element_count() != scores.element_count())
@@ -1328,10 +1332,8 @@ ffi::Error GumbelBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> keys,
                           bool tau_grad, ffi::ResultBuffer<ffi::F32> scores_bar,
                           ffi::ResultBuffer<ffi::F32> tau_bar) {
   Layout lay;
-  ffi::Error bad = layout(scores.dimensions(), static_cast<int64_t>(tau.element_count()), k, &lay);
-  if (bad.failure()) return bad;
   NoisyRows noisy;
-  bad = NoisyRows::make(keys, scores.typed_data(), lay, &noisy);
+  ffi::Error bad = NoisyRows::make(keys, scores, tau, k, &lay, &noisy);
   if (bad.failure()) return bad;
   backward_rows(pool, lay, total_bar.typed_data(), aux.typed_data(), tau.typed_data(), k,
                 tau_grad, scores_bar->typed_data(), tau_bar->typed_data(), noisy);
