@@ -1,77 +1,81 @@
 """Train a ConvNet embedding with the differentiable kNN loss and report kNN test accuracy.
 
-Runs offline with no arguments on the vendored MNIST files. Only parses flags: the work is
-`subsets_jax.dknn_training.train_and_evaluate`.
+Runs offline with no arguments on the vendored MNIST files. This script only parses flags;
+the work is `dknn.train.train_and_evaluate` beside it, the configurations are in
+`dknn/configs.py`.
 
   python examples/train_mnist.py                          # MNIST, reference protocol
+  python examples/train_mnist.py --config long            # 40 epochs, cosine, 5 draws
+  python examples/train_mnist.py --config digits          # seconds, scikit-learn digits
   python examples/train_mnist.py --dataset fashion_mnist  # Debian's dataset-fashion-mnist
-  python examples/train_mnist.py --dataset digits --epochs 5 --queries 50 --neighbors 50
   python examples/train_mnist.py --resume                 # continue an interrupted run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
 
-from subsets_jax import datasets
-from subsets_jax._src import malloc_env, sharding
-from subsets_jax.dknn_training import TrainConfig, train_and_evaluate
+from dknn import configs, input_pipeline, parallel
+
+# Flag name -> (config field, help). Each flag's default is the chosen config's value.
+_OVERRIDES = {
+  "dataset": ("dataset", "dataset: mnist, fashion_mnist or digits"),
+  "data_dir": (
+    "data_dir",
+    "directory with the four IDX files (gzip or raw); default: $SUBSETS_JAX_DATA, the "
+    "repository's data/, Debian's fashion-mnist path, then tensorflow-datasets",
+  ),
+  "k": ("k", "neighbours in the loss and in the kNN vote"),
+  "tau": ("tau", "relaxation temperature"),
+  "num_samples": ("num_samples", "Gumbel draws averaged per step (vmapped)"),
+  "lr": ("learning_rate", "SGD learning rate"),
+  "lr_schedule": ("lr_schedule", "constant, or cosine decay to 0 over the epochs"),
+  "epochs": ("num_epochs", "training epochs"),
+  "queries": ("num_queries", "queries per step"),
+  "neighbors": ("num_neighbors", "candidate neighbours per step"),
+  "validation_size": ("validation_size", "validation images held out of the training set"),
+  "max_train_examples": ("max_train_examples", "train on a subset"),
+  "max_test_examples": ("max_test_examples", "test on a subset"),
+  "seed": ("seed", "initialisation, data order and noise"),
+}
+_TYPES = {"data_dir": str, "dataset": str, "lr_schedule": str, "tau": float, "lr": float}
+_CHOICES = {"dataset": input_pipeline.DATASETS, "lr_schedule": ("constant", "cosine")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  defaults = TrainConfig()
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
-  p.add_argument("--dataset", choices=datasets.DATASETS, default=defaults.dataset)
-  p.add_argument(
-    "--data_dir",
-    default=None,
-    help="directory with the four IDX files (gzip or raw); default: the "
-    "repository's data/, $SUBSETS_JAX_DATA, Debian's path, then TFDS",
-  )
-  p.add_argument("--k", type=int, default=defaults.k, help="neighbours in the loss and the vote")
-  p.add_argument("--tau", type=float, default=defaults.tau, help="relaxation temperature")
-  p.add_argument(
-    "--num_samples",
-    type=int,
-    default=defaults.num_samples,
-    help="Gumbel draws averaged per step (vmapped)",
-  )
-  p.add_argument("--hard", action="store_true", help="straight-through exact k-hot forward")
-  p.add_argument(
-    "--implementation",
-    choices=("xla", "cpu_kernel"),
-    default=defaults.implementation,
-    help="relaxed top-k: pure JAX, or the fused C++ kernel on CPU (compiled on first use)",
-  )
-  p.add_argument("--lr", type=float, default=defaults.learning_rate, help="SGD learning rate")
-  p.add_argument("--lr_schedule", choices=("constant", "cosine"), default=defaults.lr_schedule)
-  p.add_argument("--epochs", type=int, default=20)
-  p.add_argument("--queries", type=int, default=defaults.num_queries, help="queries per step")
-  p.add_argument(
-    "--neighbors", type=int, default=defaults.num_neighbors, help="candidate neighbours per step"
+    epilog="Every flag defaults to the chosen --config's value (dknn/configs.py); the help "
+    "shows the reference configuration's.",
   )
   p.add_argument(
-    "--validation_size",
-    type=int,
-    default=None,
-    help="validation images held out of the training set (default 1/12)",
+    "--config",
+    choices=sorted(configs.CONFIGS),
+    default="reference",
+    help="named configuration that the other flags override (default: reference)",
   )
-  p.add_argument("--max_train_examples", type=int, default=None, help="train on a subset")
-  p.add_argument("--max_test_examples", type=int, default=None, help="test on a subset")
-  p.add_argument("--seed", type=int, default=defaults.seed)
-  p.add_argument("--workdir", default="runs/mnist", help="metrics and checkpoints go here")
+  for flag, (field, text) in _OVERRIDES.items():
+    p.add_argument(
+      f"--{flag}",
+      type=_TYPES.get(flag, int),
+      choices=_CHOICES.get(flag),
+      default=None,
+      help=f"{text} (reference: {getattr(configs.reference(), field)})",
+    )
+  p.add_argument("--hard", action="store_true", default=None, help="straight-through estimator")
+  p.add_argument(
+    "--workdir", default=None, help="metrics and checkpoints go here (default: runs/<dataset>)"
+  )
   p.add_argument("--resume", action="store_true", help="continue from workdir's latest checkpoint")
   p.add_argument(
     "--time_budget_min",
     type=float,
-    default=20.0,
-    help="stop training after this many minutes (0: no limit), then evaluate",
+    default=None,
+    help="stop training after this many minutes, then evaluate; 0: no limit "
+    "(default: the config's, 20 for reference)",
   )
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
   p.add_argument(
@@ -79,44 +83,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     type=int,
     default=None,
     help="split the CPU into this many JAX devices and train data-parallel across them "
-    "(restarts the script with XLA_FLAGS set). Default: one per CPU core, at most 8 (1 with "
-    "--multihost). Inert where a GPU or TPU is the default backend",
-  )
-  p.add_argument(
-    "--default_malloc",
-    action="store_true",
-    help="keep glibc's malloc defaults; otherwise the script restarts itself with "
-    "MALLOC_TOP_PAD_, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set (with the "
-    "defaults a one-device CPU train step page-faulted its buffers in afresh: 37-40 vs "
-    "26-30 ms on a 2-core CPU)",
+    "(default: one per core, at most 8; 1 with --multihost); inert on GPU and TPU",
   )
   p.add_argument(
     "--multihost",
     action="store_true",
-    help="call jax.distributed.initialize() first (auto-detected on SLURM/TPU/GKE, else give "
-    "the three flags below)",
+    help="call jax.distributed.initialize() first (auto-detected on SLURM, Cloud TPU and "
+    "GKE; elsewhere give the three flags below)",
   )
   p.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--num_processes", type=int, default=None, help="number of processes")
+  p.add_argument("--process_id", type=int, default=None, help="this process's id")
   return p.parse_args(argv)
 
 
-def restart_env(args: argparse.Namespace) -> dict[str, str]:
-  """Environment variables the script restarts itself with (glibc reads them at start)."""
-  return {} if args.default_malloc else dict(malloc_env.KEEP_FREED_MEMORY)
+def make_config(args: argparse.Namespace) -> configs.TrainConfig:
+  """The named config with every flag that was given applied to it."""
+  config = configs.CONFIGS[args.config]()
+  changes = {
+    field: getattr(args, flag)
+    for flag, (field, _) in _OVERRIDES.items()
+    if getattr(args, flag) is not None
+  }
+  if args.hard is not None:
+    changes["hard"] = args.hard
+  if args.time_budget_min is not None:
+    changes["time_budget_s"] = args.time_budget_min * 60 or None
+  if args.no_progress:
+    changes["progress"] = False
+  return dataclasses.replace(config, **changes)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.host_devices is None:
-    args.host_devices = 1 if args.multihost else sharding.default_host_devices()
-  env = restart_env(args)
-  if argv is None:
-    sharding.reexec_with_host_devices(args.host_devices, sys.argv, env)
-  settings = [f"{name}={os.environ[name]}" for name in env if name in os.environ]
-  if settings:
-    print("glibc malloc: " + " ".join(settings))
+    args.host_devices = 1 if args.multihost else parallel.default_host_devices()
+  # Before the first JAX operation: the CPU backend reads it when it starts.
+  parallel.set_host_devices(args.host_devices)
   if args.multihost:
     import jax
 
@@ -125,39 +128,17 @@ def main(argv=None) -> int:
       num_processes=args.num_processes,
       process_id=args.process_id,
     )
-  config = TrainConfig(
-    dataset=args.dataset,
-    data_dir=args.data_dir,
-    k=args.k,
-    tau=args.tau,
-    num_samples=args.num_samples,
-    hard=args.hard,
-    implementation=args.implementation,
-    learning_rate=args.lr,
-    lr_schedule=args.lr_schedule,
-    num_epochs=args.epochs,
-    num_queries=args.queries,
-    num_neighbors=args.neighbors,
-    validation_size=args.validation_size,
-    max_train_examples=args.max_train_examples,
-    max_test_examples=args.max_test_examples,
-    seed=args.seed,
-    time_budget_s=args.time_budget_min * 60 or None,
-    progress=not args.no_progress,
-  )
+  from dknn import train
+
+  config = make_config(args)
+  workdir = args.workdir or f"runs/{config.dataset}"
   try:
-    summary = train_and_evaluate(config, args.workdir, resume=args.resume)
-  except datasets.DataUnavailableError as err:
+    summary = train.train_and_evaluate(config, workdir, resume=args.resume)
+  except input_pipeline.DataUnavailableError as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  print(
-    json.dumps(
-      {
-        k: summary[k]
-        for k in ("test_accuracy", "best_val_accuracy", "best_epoch", "train_time_s", "wall_time_s")
-      }
-    )
-  )
+  fields = ("test_accuracy", "best_val_accuracy", "best_epoch", "train_time_s", "wall_time_s")
+  print(json.dumps({name: summary[name] for name in fields}))
   return 0
 
 

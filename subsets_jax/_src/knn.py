@@ -9,7 +9,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from subsets_jax._src import dknn, sharding, validation
+from subsets_jax._src import dknn, validation
+
+# The mesh axis that `knn_predict` splits the neighbour bank over.
+DATA_AXIS = "data"
 
 
 def _vote(neighbor_classes: jax.Array, num_classes: int) -> jax.Array:
@@ -23,7 +26,6 @@ def _vote(neighbor_classes: jax.Array, num_classes: int) -> jax.Array:
   return jnp.argmax(counts * (k + 1) - first, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk_size", "mesh"))
 def knn_predict(
   query_emb: ArrayLike,
   neighbor_emb: ArrayLike,
@@ -64,36 +66,47 @@ def knn_predict(
 
   Example:
     >>> import jax.numpy as jnp
+    >>> import subsets_jax as sj
     >>> bank = jnp.array([[0.], [1.], [10.], [11.], [12.]])
-    >>> knn_predict(jnp.array([[0.5], [10.5]]), bank, jnp.array([0, 0, 1, 1, 1]),
+    >>> sj.knn_predict(jnp.array([[0.5], [10.5]]), bank, jnp.array([0, 0, 1, 1, 1]),
     ...             k=3, num_classes=2)
     Array([0, 1], dtype=int32)
   """
-  dknn._check_embeddings(query_emb, neighbor_emb)
-  dknn._check_labels(neighbor_labels, jnp.shape(neighbor_emb)[0], "neighbor_labels")
-  validation.check_k(k, jnp.shape(neighbor_emb)[0])
-  if not isinstance(chunk_size, int) or chunk_size < 1:
+  queries, bank = dknn.check_embeddings(query_emb, neighbor_emb)
+  labels = dknn.check_labels(neighbor_labels, bank.shape[0], "neighbor_labels")
+  k = validation.check_k(k, bank.shape[0])
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"num_classes must be a Python int >= 1; got {num_classes!r}.")
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a Python int >= 1; got {chunk_size!r}.")
-  queries = jnp.asarray(query_emb)
+  if mesh is not None and DATA_AXIS not in mesh.shape:
+    raise ValueError(f"mesh must have an axis named {DATA_AXIS!r}; got axes {mesh.axis_names}.")
+  return _knn_predict(
+    queries, bank, labels, k=k, num_classes=num_classes, chunk_size=chunk_size, mesh=mesh
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk_size", "mesh"))
+def _knn_predict(queries, bank, labels, *, k, num_classes, chunk_size, mesh):
   num_queries = queries.shape[0]
   num_chunks = -(-num_queries // chunk_size)
   padded = jnp.pad(queries, ((0, num_chunks * chunk_size - num_queries), (0, 0)))
-  labels = jnp.asarray(neighbor_labels)
+  precision = jax.lax.Precision.HIGHEST
 
   def classify(chunk):
-    _, nearest = jax.lax.top_k(-dknn.pairwise_sq_distances(chunk, neighbor_emb), k)
+    _, nearest = jax.lax.top_k(-dknn.sq_distances(chunk, bank, precision), k)
     return _vote(labels[nearest], num_classes)
 
   chunks = padded.reshape(num_chunks, chunk_size, -1)
   if mesh is None:
     predictions = jax.lax.map(classify, chunks)
   else:
-    predictions = _sharded_predictions(chunks, neighbor_emb, labels, k, num_classes, mesh)
+    predictions = _sharded_predictions(chunks, bank, labels, k, num_classes, mesh)
   return predictions.reshape(-1)[:num_queries]
 
 
 def _sharded_predictions(chunks, bank, labels, k, num_classes, mesh):
-  axis = sharding.DATA_AXIS
+  axis = DATA_AXIS
   devices = mesh.shape[axis]
   bank = jnp.asarray(bank)
   num = bank.shape[0]
@@ -106,7 +119,7 @@ def _sharded_predictions(chunks, bank, labels, k, num_classes, mesh):
 
   def local(chunks, bank, labels, valid):
     def classify(chunk):
-      scores = -dknn.pairwise_sq_distances(chunk, bank)
+      scores = -dknn.sq_distances(chunk, bank, jax.lax.Precision.HIGHEST)
       scores = jnp.where(valid[None, :], scores, -jnp.inf)  # padding never wins
       values, nearest = jax.lax.top_k(scores, local_k)
       # Device order = global index order, so top_k's lower-position-first tie rule holds.

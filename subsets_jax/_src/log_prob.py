@@ -31,12 +31,18 @@ def subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
+    >>> import subsets_jax as sj
     >>> s = jnp.log(jnp.array([.1, .2, .3, .4]))
-    >>> round(float(jnp.exp(subset_log_prob(s, jnp.array([3, 2])))), 4)  # .4 * .3 / .6
+    >>> round(float(jnp.exp(sj.subset_log_prob(s, jnp.array([3, 2])))), 4)  # .4 * .3 / .6
     0.2
   """
   scores = validation.check_scores(scores)
   indices = validation.check_indices(indices, scores)
+  return _subset_log_prob(scores, indices)
+
+
+@jax.jit
+def _subset_log_prob(scores, indices):
   scores = scores.astype(validation.compute_dtype(scores.dtype))
   neg_inf = jnp.array(-jnp.inf, scores.dtype)
   item = jax.lax.broadcasted_iota(indices.dtype, scores.shape, scores.ndim - 1)
@@ -101,13 +107,19 @@ def unordered_subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Arra
 
   Example:
     >>> import jax.numpy as jnp
+    >>> import subsets_jax as sj
     >>> s = jnp.log(jnp.array([.1, .2, .3, .4]))
-    >>> p = jnp.exp(unordered_subset_log_prob(s, jnp.array([3, 2])))
+    >>> p = jnp.exp(sj.unordered_subset_log_prob(s, jnp.array([3, 2])))
     >>> round(float(p), 4)  # .4*.3/.6 + .3*.4/.7
     0.3714
   """
   scores = validation.check_scores(scores)
   indices = validation.check_indices(indices, scores)
+  return _unordered_subset_log_prob(scores, indices)
+
+
+@jax.jit
+def _unordered_subset_log_prob(scores, indices):
   scores = scores.astype(validation.compute_dtype(scores.dtype))
   k = indices.shape[-1]
   item = jax.lax.broadcasted_iota(indices.dtype, scores.shape, scores.ndim - 1)

@@ -1,13 +1,15 @@
-"""`jax.random.gumbel` for threefry keys, bit for bit, as one fused XLA:CPU loop.
+"""`jax.random.gumbel` for threefry keys, bit for bit, as one fused elementwise pass.
 
-On CPU, JAX lowers its threefry hash as a rolled `while` loop over full-size arrays
-(shorter compiles), which made drawing the Gumbel noise the largest single cost of
-`gumbel_topk_relaxed` at large n: 39-46 ms for 6e6 samples on a 2-core CPU. The same
-hash written out (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011:
-Threefry-2x32, 20 rounds) fuses into one elementwise pass: 7 ms for the same bits
-(benchmarks/README.md). The counters, the bits-to-float map and the Gumbel transform
-follow `jax.random`'s documented outputs; tests/test_gumbel.py checks equality with
-`jax.random.gumbel` bit for bit, so a change in JAX shows there first.
+This is the CPU path of the library's Gumbel noise. JAX lowers its threefry hash on CPU
+as a rolled `while` loop over full-size arrays (upstream, `jax._src.prng`: the loop keeps
+CPU compiles short), so every one of its 20 rounds reads and writes the whole array. The
+same hash written out (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+SC 2011: Threefry-2x32, 20 rounds) fuses into a single pass. This module can go once
+JAX unrolls the hash on CPU; benchmarks/bench_noise.py compares the two.
+
+The counters, the bits-to-float map and the Gumbel transform follow `jax.random`'s
+outputs; tests/test_gumbel.py checks equality with `jax.random.gumbel` bit for bit, so a
+change in JAX shows there first.
 """
 
 from __future__ import annotations

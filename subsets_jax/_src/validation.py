@@ -43,10 +43,25 @@ def _check_has_item_axis(shape, name: str) -> None:
     raise ValueError(f"{name} must have rank >= 1 (items on the last axis); got a scalar.")
 
 
+def as_array(x, name: str) -> jax.Array:
+  """`x` as a `jax.Array` (arrays, NumPy arrays, Python scalars and nested lists)."""
+  if isinstance(x, jax.Array):
+    return x
+  if x is None or isinstance(x, (str, bytes, dict, set)):
+    raise TypeError(f"{name} must be an array; got {type(x).__name__}.")
+  try:
+    host = np.asarray(x)
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"{name} must be an array; got {type(x).__name__} ({err}).") from None
+  if host.dtype == object:
+    raise TypeError(f"{name} must be a numeric array; got {type(x).__name__} of mixed types.")
+  return jnp.asarray(host)
+
+
 def check_scores(scores, *, name: str = "scores") -> jax.Array:
   """Real floating array of rank >= 1; returns it as a `jax.Array`."""
-  _check_floating(jnp.result_type(scores), name)
-  scores = jnp.asarray(scores)
+  scores = as_array(scores, name)
+  _check_floating(scores.dtype, name)
   _check_has_item_axis(scores.shape, name)
   if scores.shape[-1] < 1:
     raise ValueError(f"{name} must have at least one item on its last axis.")
@@ -83,8 +98,12 @@ def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> N
       )
 
 
-def check_tau(tau, *, name: str = "tau") -> None:
-  """`tau` is a real scalar; when concrete it must be finite and > 0."""
+def check_tau(tau, *, name: str = "tau"):
+  """`tau` is a real scalar; when concrete it must be finite and > 0. Returns it."""
+  if isinstance(tau, bool) or not isinstance(tau, (int, float, np.ndarray, np.number, jax.Array)):
+    raise TypeError(
+      f"{name} must be a real scalar (a Python float or a 0-d array); got {type(tau).__name__}."
+    )
   dtype = jnp.result_type(tau)
   if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
     raise TypeError(f"{name} must be a real scalar; got dtype {dtype}.")
@@ -94,6 +113,32 @@ def check_tau(tau, *, name: str = "tau") -> None:
     value = float(tau)
     if not (np.isfinite(value) and value > 0):
       raise ValueError(f"{name} must be finite and > 0; got {value}.")
+  return tau
+
+
+def check_key(key, *, name: str = "key") -> jax.Array:
+  """A single PRNG key: a typed key array of shape () or raw uint32[2] key data."""
+  if isinstance(key, jax.Array) or isinstance(key, np.ndarray):
+    dtype = key.dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      if key.shape != ():
+        raise ValueError(
+          f"{name} must be a single PRNG key (shape ()); got shape {key.shape} "
+          "(use jax.vmap over keys)."
+        )
+      return key
+    if dtype == np.uint32 and key.shape == (2,):
+      return jnp.asarray(key)
+  raise TypeError(
+    f"{name} must be a PRNG key from jax.random.key(seed) (or raw uint32[2] key data "
+    f"from jax.random.PRNGKey); got {_describe(key)}."
+  )
+
+
+def _describe(x) -> str:
+  if hasattr(x, "dtype") and hasattr(x, "shape"):
+    return f"{type(x).__name__} of dtype {x.dtype} and shape {tuple(x.shape)}"
+  return type(x).__name__
 
 
 def check_index_range(indices: jax.Array, n: int, *, name: str = "indices") -> None:
@@ -107,10 +152,9 @@ def check_index_range(indices: jax.Array, n: int, *, name: str = "indices") -> N
 
 def check_indices(indices, scores: jax.Array, *, name: str = "indices") -> jax.Array:
   """Integer `[..., k]` with the scores' batch shape, distinct entries in [0, n)."""
-  dtype = jnp.result_type(indices)
-  if not jnp.issubdtype(dtype, jnp.integer):
-    raise TypeError(f"{name} must be an integer array; got dtype {dtype}.")
-  indices = jnp.asarray(indices)
+  indices = as_array(indices, name)
+  if not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise TypeError(f"{name} must be an integer array; got dtype {indices.dtype}.")
   n = scores.shape[-1]
   if indices.ndim != scores.ndim or indices.shape[:-1] != scores.shape[:-1]:
     raise ValueError(

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import subsets_jax as sj
+from dknn.models import ConvNet
 
 
 def reference_forward(params, images, padding):
@@ -33,7 +33,7 @@ def reference_forward(params, images, padding):
   "shape,padding", [((3, 28, 28, 1), "VALID"), ((5, 8, 8, 1), "SAME"), ((2, 13, 13, 3), "SAME")]
 )
 def test_matches_reference_layers(shape, padding, key):
-  net = sj.ConvNet(padding=padding)
+  net = ConvNet(padding=padding)
   images = jax.random.uniform(key, shape)
   params = net.init(jax.random.key(1), images)["params"]
   ours = net.apply({"params": params}, images)
@@ -42,7 +42,7 @@ def test_matches_reference_layers(shape, padding, key):
 
 
 def test_gradients_match_reference_layers(key):
-  net = sj.ConvNet()
+  net = ConvNet()
   images = jax.random.uniform(key, (4, 28, 28, 1))
   params = net.init(jax.random.key(1), images)["params"]
   weights = jax.random.normal(jax.random.key(2), (4, 500))

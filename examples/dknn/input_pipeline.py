@@ -2,7 +2,7 @@
 
 Every loader returns a `Dataset` of NumPy arrays: images `[N, H, W, 1]` float32 in [0, 1]
 and labels `[N]` int32. Optional back ends (tensorflow-datasets, scikit-learn) are imported
-only when their route is tried, so `import subsets_jax` needs none of them.
+only when their route is tried, so the example needs neither unless it uses them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ IDX_MD5 = {
 }
 DATASETS = ("mnist", "fashion_mnist", "digits")
 DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
-_REPO_DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
+_REPO_DATA = pathlib.Path(__file__).resolve().parents[2] / "data"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -213,7 +213,8 @@ def load(
     except Exception as err:
       tried.append(
         f"tensorflow-datasets: {type(err).__name__}: {err} (prepare it once with internet "
-        "access and the `tfds` extra, e.g. --tfds_download)"
+        'access and the `tfds` extra: `python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{name}').download_and_prepare()\"`)"
       )
   raise DataUnavailableError(
     f"could not load {name!r}; routes tried:\n  - "

@@ -60,6 +60,7 @@ class ConvNet(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
+    >>> from dknn.models import ConvNet
     >>> net = ConvNet()
     >>> params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     >>> net.apply(params, jnp.zeros((4, 28, 28, 1))).shape

@@ -28,45 +28,17 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from subsets_jax import datasets
-from subsets_jax._src import sharding
-from subsets_jax._src.convnet import ConvNet
-from subsets_jax._src.dknn import dknn_loss
-from subsets_jax._src.knn import knn_predict
+import subsets_jax as sj
+
+from . import input_pipeline as datasets
+from . import parallel as sharding
+from .configs import TrainConfig
+from .models import ConvNet
 
 LATEST = "checkpoint_latest.msgpack"
 BEST = "checkpoint_best.msgpack"
 METRICS = "metrics.jsonl"
 _print_flush = functools.partial(print, flush=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Hyperparameters; the defaults are the reference protocol on MNIST."""
-
-  dataset: str = "mnist"
-  data_dir: str | None = None
-  k: int = 9
-  tau: float = 1.0
-  num_samples: int = 1
-  hard: bool = False
-  implementation: str = "xla"  # the relaxed top-k's: "xla" or "cpu_kernel" (soft_topk)
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 over num_epochs)
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  num_epochs: int = 10
-  num_queries: int = 100
-  num_neighbors: int = 100
-  validation_size: int | None = None  # None: 1/12 of the training set (5,000 of 60,000)
-  split_seed: int = 0
-  seed: int = 0
-  max_train_examples: int | None = None  # a subset, for smoke runs
-  max_test_examples: int | None = None
-  time_budget_s: float | None = None  # stop training once exceeded, then evaluate
-  eval_batch_size: int = 1000
-  num_devices: int | None = None  # None: all visible devices that divide the batch sizes
-  progress: bool = True
 
 
 class TrainState(train_state.TrainState):
@@ -147,12 +119,11 @@ def _embed_pair(apply_fn, params, queries, neighbors, separate: bool):
 
 
 def prefers_separate_passes(mesh) -> bool:
-  """Whether `train_step(..., separate_passes=True)` is the faster choice on `mesh`.
+  """Whether `train_step(..., separate_passes=True)` is the better choice on `mesh`.
 
-  True for one CPU device: XLA:CPU runs the two independent passes side by side, 49.1
-  -> 38.4 ms per step on 2 cores. With one device per core (`--host_devices 2`) the two
-  smaller passes were slower (32.0 -> 38.7 ms); on accelerators one batch means fewer,
-  larger kernels. (Interleaved A/B, 100 + 100 images, k = 9; benchmarks/README.md.)
+  True for a single CPU device: XLA:CPU then runs the two independent passes side by side
+  on its threads. With several devices, or on accelerators, one batch means fewer and
+  larger kernels.
   """
   return mesh.size == 1 and mesh.devices.flat[0].platform == "cpu"
 
@@ -167,7 +138,6 @@ def train_step(
   num_samples=1,
   hard=False,
   separate_passes=False,
-  implementation="xla",
 ):
   """One SGD step on the dKNN loss averaged over `num_samples` Gumbel draws (vmapped).
 
@@ -180,7 +150,6 @@ def train_step(
     k, num_samples, hard: static hyperparameters of the loss.
     separate_passes: embed queries and neighbours in two independent forward
       passes instead of one batch (same values; see `prefers_separate_passes`).
-    implementation: the relaxed top-k's, "xla" or "cpu_kernel" (`soft_topk`).
 
   Returns:
     The new state and a dict of metrics: `loss` and `top_k_correctness`
@@ -191,7 +160,7 @@ def train_step(
     query_emb, neighbor_emb = _embed_pair(
       state.apply_fn, params, batch["query_images"], batch["neighbor_images"], separate_passes
     )
-    return dknn_loss(
+    return sj.dknn_loss(
       key,
       query_emb,
       neighbor_emb,
@@ -201,7 +170,6 @@ def train_step(
       tau=tau,
       num_samples=num_samples,
       hard=hard,
-      implementation=implementation,
     )
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -210,7 +178,7 @@ def train_step(
 
 train_step_jit = jax.jit(
   train_step,
-  static_argnames=("k", "num_samples", "hard", "separate_passes", "implementation"),
+  static_argnames=("k", "num_samples", "hard", "separate_passes"),
   donate_argnums=0,
 )
 
@@ -258,7 +226,7 @@ def evaluate(
   mesh = mesh if mesh is not None and mesh.size > 1 else None
   bank = embed(state, bank_images, batch_size, mesh)
   queries = embed(state, query_images, batch_size, mesh)
-  pred = knn_predict(
+  pred = sj.knn_predict(
     queries, bank, jnp.asarray(bank_labels), k=k, num_classes=num_classes, mesh=mesh
   )
   return float(np.mean(np.asarray(pred) == query_labels))
@@ -426,7 +394,6 @@ def train_and_evaluate(
         num_samples=config.num_samples,
         hard=config.hard,
         separate_passes=separate_passes,
-        implementation=config.implementation,
       )
       metrics = jax.device_get(metrics)
       losses.append(float(metrics["loss"]))

@@ -1,4 +1,4 @@
-"""Run in a subprocess with 4 simulated CPU devices (see test_sharding.py); prints JSON."""
+"""Run in a subprocess with N CPU devices (`python -m dknn.parallel_worker N`); prints JSON."""
 
 import json
 import sys
@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import subsets_jax as sj
-from subsets_jax import dknn_training as training
-from subsets_jax._src import sharding
+from dknn import configs
+from dknn import parallel as sharding
+from dknn import train as training
 
 
 def train_params(num_devices: int, steps: int = 3):
-  config = training.TrainConfig(num_queries=40, num_neighbors=40)
+  config = configs.TrainConfig(num_queries=40, num_neighbors=40)
   rng = np.random.default_rng(0)
   images = rng.random((steps, 80, 12, 12, 1), dtype=np.float32)
   labels = rng.integers(0, 4, (steps, 80)).astype(np.int32)
@@ -50,6 +51,7 @@ def knn_results():
 
 
 if __name__ == "__main__":
+  sharding.set_host_devices(int(sys.argv[1]))
   one, devices_one = train_params(1)
   four, devices_four = train_params(4)
   plain, sharded = knn_results()

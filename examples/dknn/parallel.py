@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+# The axis name `subsets_jax.knn_predict` shards the neighbour bank over.
 DATA_AXIS = "data"
 
 
@@ -51,52 +54,20 @@ def shard_batch(tree, mesh: Mesh):
   return jax.tree_util.tree_map(place, tree)
 
 
-# The most CPU devices `default_host_devices` asks for: data parallelism across cores was
-# measured on 2 cores only (benchmarks/README.md); more devices than this split the
-# per-step batches into slivers.
+# The most CPU devices `default_host_devices` asks for: more would split the per-step
+# batches into slivers.
 _MAX_DEFAULT_HOST_DEVICES = 8
 
 
 def default_host_devices() -> int:
-  """One JAX CPU device per core this process may run on, at most 8.
-
-  One device per core, trained data-parallel, was 1.2-1.5x faster per step than one
-  device on a 2-core CPU under glibc's malloc defaults, where the one-device step
-  page-faults its buffers in afresh; with `malloc_env.KEEP_FREED_MEMORY` both took
-  27-28 ms, and evaluation was faster on two (5.0 vs 7.8 s; benchmarks/README.md). The
-  flag only shapes the CPU backend, so it is harmless where an accelerator is the
-  default backend.
-  """
-  import os
-
+  """One JAX CPU device per core this process may run on, at most 8."""
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return max(1, min(cores or 1, _MAX_DEFAULT_HOST_DEVICES))
 
 
-def host_device_flag(count: int) -> str:
-  """The XLA flag that splits the host CPU into `count` JAX devices."""
-  return f"--xla_force_host_platform_device_count={count}"
+def set_host_devices(count: int) -> None:
+  """Splits the host CPU into `count` JAX devices; call before the first JAX operation.
 
-
-def reexec_with_host_devices(
-  count: int, argv: list[str], env: dict[str, str] | None = None
-) -> None:
-  """Restarts this process with `count` CPU devices and `env` set, unless it has them.
-
-  XLA reads the flag once, when the backend starts (and glibc its malloc settings at
-  start), so a script that wants several CPU devices (data parallelism across cores)
-  restarts itself with `XLA_FLAGS` set. Variables already in the environment are kept.
-  Returns only when no restart is needed.
+  Only shapes the CPU backend, so it is harmless where an accelerator is the default.
   """
-  import os
-  import sys
-
-  missing = {name: value for name, value in (env or {}).items() if name not in os.environ}
-  flags = os.environ.get("XLA_FLAGS", "")
-  needs_flag = count > 1 and host_device_flag(count) not in flags
-  if not needs_flag and not missing:
-    return
-  new_env = dict(os.environ, **missing)
-  if needs_flag:
-    new_env["XLA_FLAGS"] = f"{flags} {host_device_flag(count)}".strip()
-  os.execve(sys.executable, [sys.executable, *argv], new_env)
+  jax.config.update("jax_num_cpu_devices", count)

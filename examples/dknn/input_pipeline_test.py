@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from subsets_jax import datasets
+from dknn import input_pipeline as datasets
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

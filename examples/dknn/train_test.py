@@ -1,6 +1,6 @@
 """End-to-end dKNN training: digits accuracy, exact resume, the example's CLI on MNIST."""
 
-import importlib.util
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,19 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from subsets_jax import dknn_training as training
-from subsets_jax._src import malloc_env
+from dknn import configs
+from dknn import train as training
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DIGITS = training.TrainConfig(
-  dataset="digits",
-  num_queries=50,
-  num_neighbors=50,
-  num_epochs=3,
-  learning_rate=1e-3,
-  validation_size=150,
-  progress=False,
-)
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DIGITS = dataclasses.replace(configs.digits(), progress=False)
 
 
 def _records(workdir):
@@ -52,7 +44,7 @@ def test_resume_after_interruption_is_exact(tmp_path):
   training.train_and_evaluate(DIGITS, straight, log=lambda _: None)
   interrupted = tmp_path / "interrupted"
   # Stop mid-run (the budget is hit inside epoch 1), then resume without a budget.
-  cut = training.TrainConfig(**{**DIGITS.__dict__, "time_budget_s": 1e-3})
+  cut = dataclasses.replace(DIGITS, time_budget_s=1e-3)
   first = training.train_and_evaluate(cut, interrupted, log=lambda _: None)
   assert first["stopped_by_time_budget"] and first["steps"] < 3 * 24
   training.train_and_evaluate(DIGITS, interrupted, resume=True, log=lambda _: None)
@@ -89,7 +81,7 @@ def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_
   cores = min(len(os.sched_getaffinity(0)), 8)
   expected = max(d for d in range(1, cores + 1) if 100 % d == 0)
   assert f"devices: {expected} x cpu" in run.stdout
-  # Resume on 2 host devices: the script restarts itself with XLA_FLAGS and trains data-parallel.
+  # Resume on 2 host devices (jax_num_cpu_devices): data-parallel, the same run continued.
   run = subprocess.run(
     [*base, "--epochs", "2", "--resume", "--host_devices", "2"],
     capture_output=True,
@@ -100,47 +92,6 @@ def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_
   assert "resumed from" in run.stdout and "devices: 2 x cpu" in run.stdout
   epochs = [r["epoch"] for r in _records(workdir) if "epoch" in r]
   assert epochs == [1, 2]
-
-
-def _example_module():
-  spec = importlib.util.spec_from_file_location("train_mnist", REPO / "examples" / "train_mnist.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-class _Stop(Exception):
-  pass
-
-
-def test_example_restarts_itself_with_the_malloc_settings(monkeypatch):
-  example = _example_module()
-  for name in malloc_env.KEEP_FREED_MEMORY:
-    monkeypatch.delenv(name, raising=False)
-  restarts = []
-
-  def execve(path, args, env):
-    restarts.append((args, env))
-    raise _Stop
-
-  def train_and_evaluate(*args, **kwargs):
-    raise _Stop
-
-  monkeypatch.setattr(os, "execve", execve)
-  monkeypatch.setattr(example, "train_and_evaluate", train_and_evaluate)
-  monkeypatch.setattr(sys, "argv", ["train_mnist.py", "--host_devices", "1"])
-  with pytest.raises(_Stop):
-    example.main()
-  ((args, env),) = restarts
-  assert args[1:] == ["train_mnist.py", "--host_devices", "1"]
-  assert {name: env.get(name) for name in malloc_env.KEEP_FREED_MEMORY} == (
-    malloc_env.KEEP_FREED_MEMORY
-  )
-  # Opted out, one device: no restart, straight to training.
-  monkeypatch.setattr(sys, "argv", ["train_mnist.py", "--host_devices", "1", "--default_malloc"])
-  with pytest.raises(_Stop):
-    example.main()
-  assert len(restarts) == 1
 
 
 def test_example_help_lists_flags():
@@ -165,8 +116,8 @@ def test_example_help_lists_flags():
     "--workdir",
     "--resume",
     "--time_budget_min",
-    "--implementation",
-    "--default_malloc",
+    "--config",
+    "--host_devices",
   ):
     assert flag in run.stdout
 

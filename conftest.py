@@ -26,3 +26,7 @@ def rng():
 def x64():
   with jax.enable_x64(True):
     yield
+
+
+# Scripts run in their own processes by the tests (they set process-wide JAX options).
+collect_ignore = ["examples/train_mnist.py", "examples/dknn/parallel_worker.py"]
