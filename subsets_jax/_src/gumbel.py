@@ -52,6 +52,11 @@ def gumbel_noise(key: ArrayLike, scores) -> jax.Array:
     >>> g = sj.gumbel_noise(jax.random.key(0), jnp.zeros((2, 3), jnp.bfloat16))
     >>> g.shape, g.dtype
     ((2, 3), dtype('float32'))
+
+  References:
+    Gumbel, "Statistical Theory of Extreme Values and Some Practical Applications", 1954;
+    Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011
+    (Threefry, JAX's default generator).
   """
   validation.check_shape_source(scores)
   key = validation.check_key(key)

@@ -64,6 +64,11 @@ def knn_predict(
   Returns:
     int32 `[Q]` predicted classes.
 
+  Raises:
+    TypeError: non-floating embeddings, non-integer labels, or a non-int `k`.
+    ValueError: shapes that do not match, `k` outside `[1, N]`, `num_classes` or
+      `chunk_size` not a Python int >= 1, or a `mesh` without a "data" axis.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import subsets_jax as sj

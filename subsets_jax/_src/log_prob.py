@@ -29,12 +29,22 @@ def subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Array:
   Returns:
     `[...]` log-probabilities in the compute dtype (float32, or float64).
 
+  Raises:
+    TypeError: non-floating `scores` or non-integer `indices`.
+    ValueError: `indices` not of shape `scores.shape[:-1] + (k,)` with `1 <= k <= n`;
+      concrete `scores` with NaN or `+inf`; concrete `indices` outside `[0, n)` or
+      repeated within a row.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import subsets_jax as sj
     >>> s = jnp.log(jnp.array([.1, .2, .3, .4]))
     >>> round(float(jnp.exp(sj.subset_log_prob(s, jnp.array([3, 2])))), 4)  # .4 * .3 / .6
     0.2
+
+  References:
+    Luce, "Individual Choice Behavior", 1959; Plackett, "The Analysis of Permutations",
+    Applied Statistics 24(2), 1975.
   """
   scores = validation.check_scores(scores)
   indices = validation.check_indices(indices, scores)
@@ -93,8 +103,8 @@ def unordered_subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Arra
   geometrically. We use 1024 equally spaced nodes on
   `z in [-60, log(k + 61 + 10 sqrt(k + 1))]`, summed with `logsumexp`, so the
   result stays accurate in log space even for vanishing probabilities.
-  Cost: O(n + 1024 k) per row, any k (no k! enumeration). Measured against
-  enumeration in the tests to 1e-4 relative for k <= 6; P(S) = 1 when S holds
+  Cost: O(n + 1024 k) per row, any k (no k! enumeration). It agrees with
+  enumeration to 1e-4 relative for k <= 6 (tested); P(S) = 1 when S holds
   every finite-weight item.
 
   Args:
@@ -105,6 +115,9 @@ def unordered_subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Arra
   Returns:
     `[...]` log-probabilities in the compute dtype (float32, or float64).
 
+  Raises:
+    Same as `subset_log_prob`.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import subsets_jax as sj
@@ -112,6 +125,10 @@ def unordered_subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Arra
     >>> p = jnp.exp(sj.unordered_subset_log_prob(s, jnp.array([3, 2])))
     >>> round(float(p), 4)  # .4*.3/.6 + .3*.4/.7
     0.3714
+
+  References:
+    Kool, van Hoof & Welling, "Estimating Gradients for Discrete Random Variables by
+    Sampling without Replacement", ICLR 2020.
   """
   scores = validation.check_scores(scores)
   indices = validation.check_indices(indices, scores)

@@ -1,0 +1,120 @@
+"""Every public function compiles once per shape, dtype and static arguments.
+
+A second identical eager call, and a second eager gradient, must compile nothing: the
+counter listens to JAX's backend-compile events.
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import monitoring
+
+import subsets_jax as sj
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_counting = []
+
+
+def _listener(event, duration, **kwargs):
+  if event == _COMPILE_EVENT:
+    for counter in _counting:
+      counter.append(event)
+
+
+monitoring.register_event_duration_secs_listener(_listener)
+
+
+@contextlib.contextmanager
+def count_compiles():
+  counter = []
+  _counting.append(counter)
+  try:
+    yield counter
+  finally:
+    _counting.remove(counter)
+
+
+_KEY = jax.random.key(0)
+_S = jnp.log(jnp.arange(1.0, 11.0)).reshape(2, 5)
+_IDX = jnp.array([[4, 2], [0, 1]])
+_Q, _X = jnp.linspace(0, 1, 12).reshape(4, 3), jnp.linspace(1, 0, 18).reshape(6, 3)
+_QL, _XL = jnp.array([0, 1, 0, 1]), jnp.array([0, 1, 1, 0, 1, 0])
+
+# name -> (a call of the public function, a scalar function of a float array to differentiate)
+CALLS = {
+  "gumbel_noise": (lambda: sj.gumbel_noise(_KEY, _S), None),
+  "gumbel_topk": (lambda: sj.gumbel_topk(_KEY, _S, 2), None),
+  "khot": (lambda: sj.khot(_IDX, 5), None),
+  "soft_topk": (
+    lambda: sj.soft_topk(_S, 2, 0.5),
+    lambda s: jnp.sum(sj.soft_topk(s, 2, 0.5)[:, 0]),
+  ),
+  "soft_topk_autodiff": (
+    lambda: sj.soft_topk(_S, 2, 0.5, vjp="autodiff"),
+    lambda s: jnp.sum(sj.soft_topk(s, 2, 0.5, vjp="autodiff")[:, 0]),
+  ),
+  "gumbel_topk_relaxed": (
+    lambda: sj.gumbel_topk_relaxed(_KEY, _S, 2, 0.5),
+    lambda s: jnp.sum(sj.gumbel_topk_relaxed(_KEY, s, 2, 0.5)[:, 0]),
+  ),
+  "gumbel_topk_relaxed_hard": (
+    lambda: sj.gumbel_topk_relaxed(_KEY, _S, 2, 0.5, hard=True),
+    lambda s: jnp.sum(sj.gumbel_topk_relaxed(_KEY, s, 2, 0.5, hard=True)[:, 0]),
+  ),
+  "subset_log_prob": (
+    lambda: sj.subset_log_prob(_S, _IDX),
+    lambda s: jnp.sum(sj.subset_log_prob(s, _IDX)),
+  ),
+  "unordered_subset_log_prob": (
+    lambda: sj.unordered_subset_log_prob(_S, _IDX),
+    lambda s: jnp.sum(sj.unordered_subset_log_prob(s, _IDX)),
+  ),
+  "pairwise_sq_distances": (
+    lambda: sj.pairwise_sq_distances(_Q, _X),
+    lambda q: jnp.sum(sj.pairwise_sq_distances(q, _X)),
+  ),
+  "dknn_loss": (
+    lambda: sj.dknn_loss(_KEY, _Q, _X, _QL, _XL, k=2, tau=1.0, num_samples=2),
+    lambda q: sj.dknn_loss(_KEY, q, _X, _QL, _XL, k=2, tau=1.0, num_samples=2),
+  ),
+  "knn_predict": (lambda: sj.knn_predict(_Q, _X, _XL, k=3, num_classes=2), None),
+}
+_GRAD_INPUT = {"pairwise_sq_distances": _Q, "dknn_loss": _Q}
+
+
+def test_every_public_function_is_covered():
+  names = {name.removesuffix("_autodiff").removesuffix("_hard") for name in CALLS}
+  assert names == set(sj.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_second_eager_call_compiles_nothing(name):
+  call, _ = CALLS[name]
+  with count_compiles() as first:
+    jax.block_until_ready(call())
+  assert first, "the counter saw no compilation on the first call"
+  with count_compiles() as second:
+    jax.block_until_ready(call())
+  assert second == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, f) in CALLS.items() if f is not None))
+def test_second_eager_gradient_compiles_nothing(name):
+  _, fn = CALLS[name]
+  x = _GRAD_INPUT.get(name, _S)
+  grad = jax.grad(fn)
+  first = np.asarray(grad(x))
+  with count_compiles() as second:
+    again = np.asarray(grad(x))
+  assert second == []
+  np.testing.assert_array_equal(first, again)
+
+
+def test_a_new_tau_value_compiles_nothing():
+  jax.block_until_ready(sj.gumbel_topk_relaxed(_KEY, _S, 2, 0.25))
+  with count_compiles() as counter:
+    jax.block_until_ready(sj.gumbel_topk_relaxed(_KEY, _S, 2, 0.75))
+  assert counter == []
