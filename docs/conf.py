@@ -4,7 +4,7 @@ import subsets_jax
 
 project = "subsets_jax"
 author = "the subsets_jax authors"
-copyright = "2026, the subsets_jax authors"  # noqa: A001
+copyright = "2026, the subsets_jax authors"
 release = subsets_jax.__version__
 
 extensions = [
