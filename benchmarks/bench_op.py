@@ -19,8 +19,8 @@ the compile time of `jax.jit(jax.grad(f)).lower(...).compile()` at (100, 1000) f
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -66,8 +66,20 @@ def _compile_seconds(k: int, vjp: str, shape=(100, 1000), tries: int = 3) -> flo
   return best
 
 
+def _load_library(root: pathlib.Path) -> None:
+  """Makes `import subsets_jax` load the package under `root` (ahead of an installed one)."""
+  package = root / "subsets_jax"
+  spec = importlib.util.spec_from_file_location(
+    "subsets_jax", package / "__init__.py", submodule_search_locations=[str(package)]
+  )
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["subsets_jax"] = module
+  spec.loader.exec_module(module)
+
+
 def worker(args) -> None:
-  """Times this process's `subsets_jax` (and PyTorch, `--torch`); prints JSON."""
+  """Times the `subsets_jax` under `--library` (and PyTorch, `--torch`); prints JSON."""
+  _load_library(pathlib.Path(args.library))
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -117,10 +129,9 @@ def worker(args) -> None:
 def _run_worker(library_root: pathlib.Path, args, *, torch: bool, extras: bool) -> dict:
   command = [sys.executable, "-m", "benchmarks.bench_op", "--worker", "--cases", args.cases]
   command += ["--repeats", str(args.repeats), "--torch_device", args.torch_device]
+  command += ["--library", str(library_root)]
   command += ["--torch"] * torch + ["--extras"] * extras
-  # The library under test comes first on the path; the benchmarks come from this checkout.
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(library_root), str(REPO)]))
-  run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
   if run.returncode:
     raise RuntimeError(f"worker for {library_root} failed:\n{run.stderr[-3000:]}")
   return json.loads(run.stdout)
@@ -136,6 +147,7 @@ def main() -> None:
   p.add_argument("--torch_device", default="cpu", help="cpu, or cuda on a GPU machine")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--library", default=str(REPO), help=argparse.SUPPRESS)
   p.add_argument("--torch", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--extras", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()

@@ -30,7 +30,8 @@ _OVERRIDES = {
   ),
   "k": ("k", "neighbours in the loss and in the kNN vote"),
   "tau": ("tau", "relaxation temperature"),
-  "num_samples": ("num_samples", "Gumbel draws averaged per step (vmapped)"),
+  "num_samples": ("num_samples", "draws averaged per step (vmapped)"),
+  "estimator": ("estimator", "gradient estimator of the loss: relaxed, straight_through, simple"),
   "lr": ("learning_rate", "SGD learning rate"),
   "lr_schedule": ("lr_schedule", "constant, or cosine decay to 0 over the epochs"),
   "epochs": ("num_epochs", "training epochs"),
@@ -41,8 +42,19 @@ _OVERRIDES = {
   "max_test_examples": ("max_test_examples", "test on a subset"),
   "seed": ("seed", "initialisation, data order and noise"),
 }
-_TYPES = {"data_dir": str, "dataset": str, "lr_schedule": str, "tau": float, "lr": float}
-_CHOICES = {"dataset": input_pipeline.DATASETS, "lr_schedule": ("constant", "cosine")}
+_TYPES = {
+  "data_dir": str,
+  "dataset": str,
+  "estimator": str,
+  "lr_schedule": str,
+  "tau": float,
+  "lr": float,
+}
+_CHOICES = {
+  "dataset": input_pipeline.DATASETS,
+  "estimator": ("relaxed", "straight_through", "simple"),
+  "lr_schedule": ("constant", "cosine"),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
       default=None,
       help=f"{text} (reference: {getattr(configs.reference(), field)})",
     )
-  p.add_argument("--hard", action="store_true", default=None, help="straight-through estimator")
   p.add_argument(
     "--workdir", default=None, help="metrics and checkpoints go here (default: runs/<dataset>)"
   )
@@ -105,8 +116,6 @@ def make_config(args: argparse.Namespace) -> configs.TrainConfig:
     for flag, (field, _) in _OVERRIDES.items()
     if getattr(args, flag) is not None
   }
-  if args.hard is not None:
-    changes["hard"] = args.hard
   if args.time_budget_min is not None:
     changes["time_budget_s"] = args.time_budget_min * 60 or None
   if args.no_progress:

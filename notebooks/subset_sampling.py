@@ -304,3 +304,100 @@ for ax, p, title in (
   ax.set(title=title, xticks=[], yticks=[])
 fig.colorbar(scatter, ax=axes, ticks=range(10))
 plt.show()
+
+# %% [markdown]
+# ## 6. Gradient estimators against exact gradients
+#
+# Two distributions over sets of $k$ items: the Gumbel-top-k (Plackett–Luce) draw
+# (`sj.gumbel_topk`, likelihood `sj.unordered_subset_log_prob`, marginals
+# `sj.inclusion_probs`) and the exactly-k distribution $p(S) \propto \prod_{i \in S} w_i$
+# (`sj.exactly_k_sample`, `sj.exactly_k_log_prob`, `sj.exactly_k_marginals`). For a small
+# problem ($n = 8$, $k = 3$, 56 sets) and a fixed objective $f$ of the k-hot vector $z$,
+# the exact gradient of $\mathbb{E}[f(S)]$ with respect to the scores is a sum over all
+# sets. Against it: the relaxed estimator at several temperatures and the straight-through
+# estimator (both for the Plackett–Luce family), and SIMPLE (for the exactly-k family),
+# each averaged over 4,000 draws.
+
+# %%
+jax.config.update("jax_enable_x64", True)
+n_e, k_e = 8, 3
+theta = jnp.asarray(np.random.default_rng(5).normal(size=n_e))
+c = jnp.asarray(np.random.default_rng(6).normal(size=n_e))
+d = jnp.asarray(np.random.default_rng(7).normal(size=n_e))
+
+
+def f(z):
+  return jnp.dot(c, z) + jnp.dot(d, z) ** 2 / k_e
+
+
+all_sets = jnp.asarray(list(itertools.combinations(range(n_e), k_e)))
+all_khots = sj.khot(all_sets, n_e, dtype=jnp.float64)
+f_sets = jax.vmap(f)(all_khots)
+
+
+def exact_objective(log_prob):
+  return lambda s: jnp.sum(
+    jnp.exp(log_prob(jnp.broadcast_to(s, (len(all_sets), n_e)), all_sets)) * f_sets
+  )
+
+
+exact_pl = jax.grad(exact_objective(sj.unordered_subset_log_prob))(theta)
+exact_ek = jax.grad(exact_objective(sj.exactly_k_log_prob))(theta)
+draw_keys = jax.random.split(jax.random.key(3), 4000)
+
+
+def estimates(sample):
+  return jax.vmap(jax.grad(lambda s, key: f(sample(key, s))), in_axes=(None, 0))(theta, draw_keys)
+
+
+def summary(grads, exact):
+  mean = grads.mean(0)
+  return float(jnp.linalg.norm(mean - exact)), float(jnp.sqrt(jnp.sum(grads.var(0))))
+
+
+taus = [0.05, 0.1, 0.3, 1.0, 3.0]
+rows = {}
+for tau in taus:
+  rows[f"relaxed, tau={tau}"] = summary(
+    estimates(lambda key, s, tau=tau: sj.gumbel_topk_relaxed(key, s, k_e, tau)), exact_pl
+  )
+rows["straight-through, tau=1"] = summary(
+  estimates(lambda key, s: sj.gumbel_topk_relaxed(key, s, k_e, 1.0, hard=True)), exact_pl
+)
+rows["SIMPLE (exactly-k)"] = summary(
+  estimates(lambda key, s: sj.simple_topk(key, s, k_e)), exact_ek
+)
+print(f"{'estimator':<26} {'|bias|':>8} {'std (per draw)':>15}")
+for name, (bias, std) in rows.items():
+  print(f"{name:<26} {bias:8.4f} {std:15.4f}")
+print(
+  f"|exact gradient|: Plackett-Luce {float(jnp.linalg.norm(exact_pl)):.4f}, "
+  f"exactly-k {float(jnp.linalg.norm(exact_ek)):.4f}"
+)
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot(taus, [rows[f"relaxed, tau={t}"][0] for t in taus], "o-", label="relaxed: |bias|")
+ax.plot(taus, [rows[f"relaxed, tau={t}"][1] for t in taus], "s--", label="relaxed: std")
+for name, style in (("straight-through, tau=1", "C2"), ("SIMPLE (exactly-k)", "C3")):
+  ax.axhline(rows[name][0], color=style, label=f"{name}: |bias|")
+  ax.axhline(rows[name][1], color=style, ls=":", label=f"{name}: std")
+ax.set(xscale="log", yscale="log", xlabel="tau", title="gradient estimators, n = 8, k = 3")
+ax.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# At small temperature the mean of the relaxed vector approaches the inclusion
+# probabilities of the Gumbel-top-k draw, which `sj.inclusion_probs` computes exactly;
+# the exactly-k marginals of the same scores differ.
+
+# %%
+relaxed_mean = jax.vmap(lambda key: sj.gumbel_topk_relaxed(key, theta, k_e, 0.05))(draw_keys).mean(
+  0
+)
+pi = sj.inclusion_probs(theta, k_e)
+print("relaxed mean, tau=0.05:", np.round(np.asarray(relaxed_mean), 3))
+print("inclusion_probs:       ", np.round(np.asarray(pi), 3))
+print("exactly_k_marginals:   ", np.round(np.asarray(sj.exactly_k_marginals(theta, k_e)), 3))
+print(f"max |relaxed mean - inclusion_probs| = {float(jnp.max(jnp.abs(relaxed_mean - pi))):.4f}")
+jax.config.update("jax_enable_x64", False)

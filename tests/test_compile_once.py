@@ -81,12 +81,38 @@ CALLS = {
     lambda q: sj.dknn_loss(_KEY, q, _X, _QL, _XL, k=2, tau=1.0, num_samples=2),
   ),
   "knn_predict": (lambda: sj.knn_predict(_Q, _X, _XL, k=3, num_classes=2), None),
+  "inclusion_probs": (
+    lambda: sj.inclusion_probs(_S, 2),
+    lambda s: jnp.sum(sj.inclusion_probs(s, 2)[:, 0]),
+  ),
+  "exactly_k_log_partition": (
+    lambda: sj.exactly_k_log_partition(_S, 2),
+    lambda s: jnp.sum(sj.exactly_k_log_partition(s, 2)),
+  ),
+  "exactly_k_marginals": (
+    lambda: sj.exactly_k_marginals(_S, 2),
+    lambda s: jnp.sum(sj.exactly_k_marginals(s, 2)[:, 0]),
+  ),
+  "exactly_k_log_prob": (
+    lambda: sj.exactly_k_log_prob(_S, _IDX),
+    lambda s: jnp.sum(sj.exactly_k_log_prob(s, _IDX)),
+  ),
+  "exactly_k_sample": (lambda: sj.exactly_k_sample(_KEY, _S, 2), None),
+  "simple_topk": (
+    lambda: sj.simple_topk(_KEY, _S, 2),
+    lambda s: jnp.sum(sj.simple_topk(_KEY, s, 2)[:, 0]),
+  ),
+  "dknn_loss_simple": (
+    lambda: sj.dknn_loss(_KEY, _Q, _X, _QL, _XL, k=2, tau=1.0, estimator="simple"),
+    lambda q: sj.dknn_loss(_KEY, q, _X, _QL, _XL, k=2, tau=1.0, estimator="simple"),
+  ),
 }
-_GRAD_INPUT = {"pairwise_sq_distances": _Q, "dknn_loss": _Q}
+_GRAD_INPUT = {"pairwise_sq_distances": _Q, "dknn_loss": _Q, "dknn_loss_simple": _Q}
 
 
 def test_every_public_function_is_covered():
-  names = {name.removesuffix("_autodiff").removesuffix("_hard") for name in CALLS}
+  suffixes = ("_autodiff", "_hard", "_simple")
+  names = {next((n[: -len(x)] for x in suffixes if n.endswith(x)), n) for n in CALLS}
   assert names == set(sj.__all__)
 
 

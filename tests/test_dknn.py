@@ -30,10 +30,11 @@ def _embeddings(key, b=6, n=20, p=4):
 
 
 @pytest.mark.parametrize("num_samples", [1, 4])
-@pytest.mark.parametrize("hard", [False, True])
-def test_loss_is_mean_of_single_draws_with_split_keys(num_samples, hard, key):
+@pytest.mark.parametrize("estimator", ["relaxed", "straight_through"])
+def test_loss_is_mean_of_single_draws_with_split_keys(num_samples, estimator, key):
   q, x, qy, xy = _embeddings(key)
-  loss = sj.dknn_loss(key, q, x, qy, xy, k=3, tau=0.5, num_samples=num_samples, hard=hard)
+  loss = sj.dknn_loss(key, q, x, qy, xy, k=3, tau=0.5, num_samples=num_samples, estimator=estimator)
+  hard = estimator == "straight_through"
   # Independent computation: one relaxed top-k per split key, loss as in the reference.
   d = ((np.asarray(q)[:, None] - np.asarray(x)[None]) ** 2).sum(-1)
   same = np.asarray(qy)[:, None] == np.asarray(xy)[None]

@@ -18,7 +18,7 @@ class TrainConfig:
   k: int = 9  # neighbours in the loss and in the kNN vote
   tau: float = 1.0  # relaxation temperature
   num_samples: int = 1  # Gumbel draws averaged per step (vmapped)
-  hard: bool = False  # straight-through: exact k-hot forward, relaxed gradient
+  estimator: str = "relaxed"  # "relaxed", "straight_through" or "simple" (sj.dknn_loss)
   learning_rate: float = 1e-3
   lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 over num_epochs)
   momentum: float = 0.9

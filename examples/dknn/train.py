@@ -136,7 +136,7 @@ def train_step(
   *,
   k,
   num_samples=1,
-  hard=False,
+  estimator="relaxed",
   separate_passes=False,
 ):
   """One SGD step on the dKNN loss averaged over `num_samples` Gumbel draws (vmapped).
@@ -147,7 +147,7 @@ def train_step(
       `neighbor_images [N, H, W, C]`, `neighbor_labels [N]`.
     key: PRNG key for this step's Gumbel noise.
     tau: temperature (traced: annealing it does not recompile).
-    k, num_samples, hard: static hyperparameters of the loss.
+    k, num_samples, estimator: static hyperparameters of the loss (`dknn_loss`).
     separate_passes: embed queries and neighbours in two independent forward
       passes instead of one batch (same values; see `prefers_separate_passes`).
 
@@ -169,7 +169,7 @@ def train_step(
       k=k,
       tau=tau,
       num_samples=num_samples,
-      hard=hard,
+      estimator=estimator,
     )
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -178,7 +178,7 @@ def train_step(
 
 train_step_jit = jax.jit(
   train_step,
-  static_argnames=("k", "num_samples", "hard", "separate_passes"),
+  static_argnames=("k", "num_samples", "estimator", "separate_passes"),
   donate_argnums=0,
 )
 
@@ -392,7 +392,7 @@ def train_and_evaluate(
         tau,
         k=config.k,
         num_samples=config.num_samples,
-        hard=config.hard,
+        estimator=config.estimator,
         separate_passes=separate_passes,
       )
       metrics = jax.device_get(metrics)

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from subsets_jax._src import relaxed_topk, validation
+from subsets_jax._src import exactly_k, relaxed_topk, validation
+
+ESTIMATORS = ("relaxed", "straight_through", "simple")
 
 
 def check_embeddings(query_emb, neighbor_emb, names=("query_emb", "neighbor_emb")):
@@ -82,19 +84,23 @@ def pairwise_sq_distances(
   return _sq_distances(q, x, precision)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_samples", "hard", "vjp"))
-def _dknn_loss(
-  key, query_emb, neighbor_emb, query_labels, neighbor_labels, tau, *, k, num_samples, hard, vjp
-):
+@functools.partial(jax.jit, static_argnames=("k", "num_samples", "estimator", "vjp"))
+def _dknn_loss(key, query_emb, neighbor_emb, query_labels, neighbor_labels, tau, **static):
+  k, estimator = static["k"], static["estimator"]
   scores = -sq_distances(query_emb, neighbor_emb, jax.lax.Precision.HIGHEST)
-  same_class = (query_labels[:, None] == neighbor_labels[None, :]).astype(scores.dtype)
+  dtype = validation.compute_dtype(scores.dtype)
+  same_class = (query_labels[:, None] == neighbor_labels[None, :]).astype(dtype)
 
   def one_draw(draw_key):
-    dtype = validation.compute_dtype(scores.dtype)
-    khot = relaxed_topk.relaxed_sample(draw_key, scores, tau, k, hard, vjp, dtype)
+    if estimator == "simple":
+      logits = scores.astype(dtype) / jnp.asarray(tau, dtype)
+      khot = exactly_k.simple_core(draw_key, logits, k)
+    else:
+      hard = estimator == "straight_through"
+      khot = relaxed_topk.relaxed_sample(draw_key, scores, tau, k, hard, static["vjp"], dtype)
     return -jnp.mean(jnp.sum(same_class * khot, axis=-1))
 
-  return jnp.mean(jax.vmap(one_draw)(jax.random.split(key, num_samples)))
+  return jnp.mean(jax.vmap(one_draw)(jax.random.split(key, static["num_samples"])))
 
 
 def dknn_loss(
@@ -107,22 +113,28 @@ def dknn_loss(
   k: int,
   tau: ArrayLike,
   num_samples: int = 1,
-  hard: bool = False,
+  estimator: str = "relaxed",
   vjp: str = "recompute",
 ) -> jax.Array:
-  r"""Differentiable kNN loss: minus the relaxed top-k mass on same-class neighbours.
+  r"""Differentiable kNN loss: minus the top-k mass on same-class neighbours.
 
-  Scores are :math:`s_{bn} = -|q_b - x_n|^2`. For each query `b` and draw `t`, the
-  relaxed k-hot :math:`h^t_b` = `gumbel_topk_relaxed(keys[t], s_b, k, tau, hard=hard)`
-  with `keys = jax.random.split(key, num_samples)` gives
+  Scores are :math:`s_{bn} = -|q_b - x_n|^2`. For each query `b` and draw `t`, a
+  differentiable k-hot :math:`h^t_b` of the scores gives
 
   .. math::
 
-     \text{loss} = \frac{1}{T B} \sum_{t, b} \Big( -\sum_n 1[y_n = y_b]\, h^t_{bn} \Big),
+        ext{loss} = rac{1}{T B} \sum_{t, b} \Big( -\sum_n 1[y_n = y_b]\, h^t_{bn} \Big),
 
   as in the reference PyTorch implementation (ermongroup/subsets, `knn/run_dknn.py`),
-  averaged over `T = num_samples` independent draws computed with `jax.vmap` over the
-  keys. The fraction of relaxed top-k mass on correct neighbours is `-loss / k`.
+  averaged over `T = num_samples` independent draws (`keys = jax.random.split(key, T)`,
+  computed with `jax.vmap`). The fraction of top-k mass on correct neighbours is
+  `-loss / k`. The `estimator` chooses :math:`h`:
+
+  - "relaxed": `gumbel_topk_relaxed(keys[t], s_b, k, tau)` (Xie & Ermon);
+  - "straight_through": `gumbel_topk_relaxed(..., hard=True)`, the exact Gumbel-top-k
+    k-hot forward with the relaxed gradient;
+  - "simple": `simple_topk(keys[t], s_b / tau, k)`, an exact exactly-k sample forward
+    with the gradient of its exact marginals (Ahmed et al.).
 
   Args:
     key: a PRNG key.
@@ -132,18 +144,18 @@ def dknn_loss(
     neighbor_labels: integer `[N]` class ids.
     k: neighbours per query, a Python int (static).
     tau: temperature > 0, a real scalar; may be traced.
-    num_samples: Gumbel draws averaged per query, a Python int >= 1 (static).
-    hard: straight-through: exact k-hot forward, relaxed gradient.
-    vjp: gradient mode of the relaxation, as in `soft_topk`.
+    num_samples: draws averaged per query, a Python int >= 1 (static).
+    estimator: "relaxed", "straight_through" or "simple" (static).
+    vjp: gradient mode of the relaxation, as in `soft_topk` (static).
 
   Returns:
     Scalar loss in `[-k, 0]`, in the embeddings' compute dtype.
 
   Raises:
     TypeError: non-floating embeddings, non-integer labels, non-int `k`, non-real `tau`,
-      non-bool `hard`, or a `key` that is not a PRNG key.
+      or a `key` that is not a PRNG key.
     ValueError: mismatched shapes, `k` outside `[1, N]`, `num_samples < 1`, unknown
-      `vjp`, or concrete `tau` not finite and > 0.
+      `estimator` or `vjp`, or concrete `tau` not finite and > 0.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -156,7 +168,9 @@ def dknn_loss(
 
   References:
     Grover, Wang, Zweig & Ermon, "Stochastic Optimization of Sorting Networks via
-    Continuous Relaxations", ICLR 2019; Xie & Ermon, IJCAI 2019, Section 5.
+    Continuous Relaxations", ICLR 2019; Xie & Ermon, IJCAI 2019, Section 5; Ahmed, Zeng,
+    Niepert & Van den Broeck, "SIMPLE: A Gradient Estimator for k-Subset Sampling",
+    ICLR 2023.
   """
   query_emb, neighbor_emb = check_embeddings(query_emb, neighbor_emb)
   num_queries, num_neighbors = query_emb.shape[0], neighbor_emb.shape[0]
@@ -166,8 +180,8 @@ def dknn_loss(
   tau = validation.check_tau(tau)
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples must be a Python int >= 1; got {num_samples!r}.")
-  if not isinstance(hard, bool):
-    raise TypeError(f"hard must be a bool; got {type(hard).__name__}.")
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
   relaxed_topk.check_vjp(vjp)
   key = validation.check_key(key)
   return _dknn_loss(
@@ -179,6 +193,6 @@ def dknn_loss(
     tau,
     k=k,
     num_samples=num_samples,
-    hard=hard,
+    estimator=estimator,
     vjp=vjp,
   )

@@ -59,15 +59,17 @@ def _log1m_step(p: jax.Array, log1m_top: jax.Array) -> jax.Array:
   return jnp.where(dominant, log1m_top, _log1m(jnp.where(dominant, 0, p)))
 
 
-def _step(b: jax.Array, tau: jax.Array):
+def _step(b: jax.Array, tau: jax.Array, lazy_runner_up: bool):
   """One step on `[rows, n]` in scaled units `b = a / tau`: p = softmax(b), b += log(1 - p) / tau.
 
   Excluded items are `b = -inf` and stay so. Returns `(b_next, p, aux)`; `aux`, `[4, rows,
   1]`, holds the rows' scalars that let `_probs`, `_advance` and `_step_vjp` redo the step
-  without reductions: the shift `m` and `log s` (`_probs` computes `exp((b - m) - log s)`
-  by the same operations as here, hence bitwise the same p and the same dominant item),
+  without reductions: the shift `m` and `1 / s` (`_probs` computes `exp(b - m) / s` by the
+  same operations as here, hence bitwise the same p and the same dominant item),
   `log1m_top = log(1 - p_top)` for the item that may have p > 1/2, and
   `inv_share = 1 / (1 - p_top)` (0 where the runner-up gap stands in).
+  `lazy_runner_up`: reduce for the runner-up under a `lax.cond`, only when a row needs it
+  (on CPU this saves a pass; on a GPU the predicate is a round trip to the host).
   """
   neg_inf = jnp.array(-jnp.inf, b.dtype)
   # The relaxation is shift invariant, so the shift carries no gradient.
@@ -76,10 +78,8 @@ def _step(b: jax.Array, tau: jax.Array):
   e = jnp.exp(b - m_safe)
   s = jnp.sum(e, axis=-1, keepdims=True)
   s_safe = jnp.where(s > 0, s, 1)
-  log_s = jnp.log(s_safe)
-  # p by `_probs`'s operations (not e / s): the backward's replay then gets bitwise the
-  # same p, hence the same dominant item, even at ties (p = 1/2).
-  p = jnp.exp((b - m_safe) - log_s)
+  inv_s = 1 / s_safe
+  p = e * inv_s
   # Only a unique maximum can have p > 1/2, and there log(1 - p) would cancel: use
   # log(1 - p_top) = log(sum of the other weights) - log(total weight) instead.
   is_max = b == m
@@ -90,19 +90,25 @@ def _step(b: jax.Array, tau: jax.Array):
   # Where rounding still calls a top item dominant at s >= 2 (ties), gap = 0 gives
   # log(1 - p_top) = -log s = log(1/2), the right value.
   needs_runner_up = ~use_log & (s_safe < 2)
-  runner_up = jnp.max(jnp.where(is_max, neg_inf, b), axis=-1, keepdims=True)
+  runner_up_fn = lambda: jnp.max(jnp.where(is_max, neg_inf, b), axis=-1, keepdims=True)
+  if lazy_runner_up:
+    none = lambda: jnp.full_like(m, -jnp.inf)
+    runner_up = jax.lax.cond(jnp.any(needs_runner_up), runner_up_fn, none)
+  else:
+    runner_up = runner_up_fn()
   runner_up = jnp.where(needs_runner_up, runner_up, neg_inf)
   gap = jax.lax.stop_gradient(jnp.where(jnp.isfinite(runner_up), runner_up - m_safe, 0))
-  log1m_top = jnp.where(use_log, jnp.log(jnp.where(use_log, others, 1)), gap) - log_s
+  log_others = jnp.where(use_log, jnp.log(jnp.where(use_log, others, 1)), gap)
+  log1m_top = log_others - jnp.log(s_safe)
   log1m = _log1m_step(p, log1m_top)
   inv_share = jnp.where(use_log, jnp.exp(-jnp.where(use_log, log1m_top, 0)), 0)
-  aux = jax.lax.stop_gradient(jnp.stack([m_safe, log_s, log1m_top, inv_share]))
+  aux = jax.lax.stop_gradient(jnp.stack([m_safe, inv_s, log1m_top, inv_share]))
   return b + log1m / tau, p, aux
 
 
 def _probs(b: jax.Array, aux: jax.Array) -> jax.Array:
   """The step's p from its stored scalars, by `_step`'s own operations (bitwise equal)."""
-  return jnp.exp((b - aux[0]) - aux[1])
+  return jnp.exp(b - aux[0]) * aux[1]
 
 
 def _advance(b: jax.Array, p: jax.Array, aux: jax.Array, tau: jax.Array) -> jax.Array:
@@ -132,18 +138,23 @@ def _step_vjp(p, aux, tau, b_next_bar, total_bar):
   return b_bar, tau_bar
 
 
-def _block_forward(b0, tau, k):
-  """Sum of the k softmaxes of a `[rows, n]` block, and the steps' scalars `[k, 4, rows, 1]`."""
+def _block_forward(b0, tau, k, fast_device=False):
+  """Sum of the k softmaxes of a `[rows, n]` block, and the steps' scalars `[k, 4, rows, 1]`.
+
+  `fast_device` (GPU, TPU): the runner-up is always reduced (no host round trip for a
+  `lax.cond`) and the scan is unrolled by up to 16 steps, so that the loop's
+  per-iteration overhead is paid once per 16 steps. Otherwise (CPU, and `vjp="autodiff"`)
+  the loop stays rolled, which keeps compile times short.
+  """
 
   def body(carry, _):
     b, total = carry
-    b, p, aux = _step(b, tau)
+    b, p, aux = _step(b, tau, lazy_runner_up=not fast_device)
     return (b, total + p), aux
 
-  # Unrolled by up to 16 steps: on GPUs the loop's per-iteration overhead is then paid
-  # once per 16 steps.
   init = (b0, jnp.zeros_like(b0))
-  (_, total), aux = jax.lax.scan(body, init, None, length=k, unroll=min(k, _SEGMENT))
+  unroll = min(k, _SEGMENT) if fast_device else 1
+  (_, total), aux = jax.lax.scan(body, init, None, length=k, unroll=unroll)
   return total, aux
 
 
@@ -235,7 +246,7 @@ def _forward_rows(b0, tau, k, *, blocked):
   """`_block_forward` block by block: the sum `[r, n]` and the steps' scalars `[k, 4, r, 1]`."""
   r = b0.shape[0]
   rows, count = _block_shape(b0, k, blocked)
-  forward = functools.partial(_block_forward, tau=tau, k=k)
+  forward = functools.partial(_block_forward, tau=tau, k=k, fast_device=not blocked)
   total, aux = jax.lax.map(forward, _to_blocks(b0, rows, count))
   aux = jnp.moveaxis(aux, 0, 2).reshape(k, aux.shape[2], count * rows, 1)[:, :, :r]
   return _from_blocks(total, r), aux

@@ -1,0 +1,77 @@
+"""inclusion_probs: enumeration, the sampler's frequencies, special cases, gradients, scale."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import subsets_jax as sj
+from tests import reference
+
+
+def _enumerated_inclusion(weights, k):
+  weights = np.asarray(weights, np.float64)
+  pi = np.zeros(len(weights))
+  for order in itertools.permutations(range(len(weights)), k):
+    pi[list(order)] += reference.ordered_prob_numpy(weights, order)
+  return pi
+
+
+CASES = [(n, k) for n in (1, 3, 5, 8) for k in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("n,k", CASES)
+def test_matches_enumeration_float32(n, k, rng):
+  scores = rng.normal(size=n) * 2
+  ours = sj.inclusion_probs(jnp.asarray(scores, jnp.float32), k)
+  np.testing.assert_allclose(ours, _enumerated_inclusion(np.exp(scores), k), atol=2e-5, rtol=0)
+  assert abs(float(jnp.sum(ours)) - k) < 2e-5 * n
+
+
+@pytest.mark.parametrize("n,k", CASES)
+def test_matches_enumeration_float64(n, k, rng, x64):
+  scores = rng.normal(size=n) * 2
+  ours = sj.inclusion_probs(jnp.asarray(scores), k)
+  assert ours.dtype == jnp.float64
+  np.testing.assert_allclose(ours, _enumerated_inclusion(np.exp(scores), k), atol=1e-8, rtol=0)
+
+
+def test_special_cases():
+  s = jnp.array([0.3, -1.0, 2.0, -jnp.inf, 0.0])
+  np.testing.assert_allclose(sj.inclusion_probs(s, 1), jax.nn.softmax(s), atol=1e-6)
+  pi = sj.inclusion_probs(s, 3)
+  assert float(pi[3]) == 0
+  exactly_k = jnp.array([-jnp.inf, 1.0, 5.0, -jnp.inf])
+  np.testing.assert_allclose(sj.inclusion_probs(exactly_k, 2), [0, 1, 1, 0], atol=2e-5)
+  # Batch axes.
+  batch = jnp.stack([s, s.at[0].set(4.0)])
+  np.testing.assert_allclose(sj.inclusion_probs(batch, 2)[0], sj.inclusion_probs(s, 2), atol=1e-7)
+
+
+def test_agrees_with_gumbel_topk_frequencies(key):
+  n, k, draws = 40, 6, 40_000
+  scores = jax.random.normal(key, (n,)) * 1.5
+  idx = jax.vmap(lambda kk: sj.gumbel_topk(kk, scores, k))(jax.random.split(key, draws))
+  freq = np.bincount(np.asarray(idx).ravel(), minlength=n) / draws
+  pi = np.asarray(sj.inclusion_probs(scores, k))
+  # Each frequency is a mean of `draws` Bernoulli(pi_i): 5 standard errors (and a floor for
+  # pi near 0 or 1) bound all 40 deviations together with high probability.
+  bound = 5 * np.sqrt(pi * (1 - pi) / draws) + 1e-4
+  assert np.all(np.abs(freq - pi) <= bound), np.max(np.abs(freq - pi) / bound)
+
+
+def test_gradients_match_finite_differences(rng, x64):
+  scores = jnp.asarray(rng.normal(size=5))
+  check_grads(lambda s: sj.inclusion_probs(s, 2), (scores,), order=1, modes=["rev"])
+
+
+@pytest.mark.slow
+def test_finite_and_in_range_at_scale(key):
+  n, k = 20_000, 200
+  scores = jax.random.normal(key, (n,)) * 3
+  pi = sj.inclusion_probs(scores, k)
+  assert bool(jnp.all(jnp.isfinite(pi))) and bool(jnp.all((pi >= 0) & (pi <= 1)))
+  np.testing.assert_allclose(float(jnp.sum(pi)), k, rtol=1e-3)
