@@ -123,7 +123,7 @@ def dknn_loss(
 
   .. math::
 
-        ext{loss} = rac{1}{T B} \sum_{t, b} \Big( -\sum_n 1[y_n = y_b]\, h^t_{bn} \Big),
+     \text{loss} = \frac{1}{T B} \sum_{t, b} \Big( -\sum_n 1[y_n = y_b]\, h^t_{bn} \Big),
 
   as in the reference PyTorch implementation (ermongroup/subsets, `knn/run_dknn.py`),
   averaged over `T = num_samples` independent draws (`keys = jax.random.split(key, T)`,
