@@ -158,10 +158,10 @@ def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
 
 
 def candidate_dirs(name: str, data_dir: os.PathLike | str | None) -> list[pathlib.Path]:
-  """Directories searched for IDX files of `name`, in order."""
-  dirs = []
+  """Directories searched for IDX files of `name`, in order (only `data_dir`'s if given)."""
   if data_dir is not None:
-    dirs += [pathlib.Path(data_dir) / name, pathlib.Path(data_dir)]
+    return [pathlib.Path(data_dir) / name, pathlib.Path(data_dir)]
+  dirs = []
   if os.environ.get("SUBSETS_JAX_DATA"):
     dirs.append(pathlib.Path(os.environ["SUBSETS_JAX_DATA"]) / name)
   dirs.append(_REPO_DATA / name)
@@ -179,10 +179,12 @@ def load(
 ) -> Dataset:
   """Loads `name` from the first route that works; raises listing every route tried.
 
-  Routes, in order: IDX files (in `data_dir`, `data_dir/name`, `$SUBSETS_JAX_DATA/name`,
-  the repository's `data/name`, and for Fashion-MNIST Debian's
-  `/usr/share/datasets/fashion-mnist`), then tensorflow-datasets. `digits` comes from
-  scikit-learn.
+  Routes, in order: IDX files (in `$SUBSETS_JAX_DATA/name`, the repository's
+  `data/name`, and for Fashion-MNIST Debian's `/usr/share/datasets/fashion-mnist`), then
+  tensorflow-datasets. An explicit `data_dir` replaces the IDX directories
+  (`data_dir/name`, then `data_dir`) and is tensorflow-datasets' data directory; when it
+  holds no data set, that is an error naming it and the files looked for. `digits` comes
+  from scikit-learn.
 
   Raises:
     ValueError: unknown `name`.
@@ -214,8 +216,17 @@ def load(
       tried.append(
         f"tensorflow-datasets: {type(err).__name__}: {err} (prepare it once with internet "
         'access and the `tfds` extra: `python -c "import tensorflow_datasets as tfds; '
-        f"tfds.builder('{name}').download_and_prepare()\"`)"
+        f"tfds.builder('{name}', file_format='array_record').download_and_prepare()\"`)"
       )
+  if data_dir is not None:
+    files = ", ".join(f"{stem}[.gz]" for stem in IDX_MD5[name])
+    raise DataUnavailableError(
+      f"--data_dir {data_dir} holds no {name!r} data set: looked for {files} in "
+      + " and ".join(str(d) for d in candidate_dirs(name, data_dir))
+      + (", and for tensorflow-datasets data there" if use_tfds else "")
+      + ".\n  - "
+      + "\n  - ".join(tried)
+    )
   raise DataUnavailableError(
     f"could not load {name!r}; routes tried:\n  - "
     + "\n  - ".join(tried)

@@ -70,10 +70,19 @@ def test_missing_data_lists_every_route(tmp_path, monkeypatch):
   monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
   monkeypatch.delenv("SUBSETS_JAX_DATA", raising=False)
   with pytest.raises(datasets.DataUnavailableError) as err:
-    datasets.load("fashion_mnist", data_dir=tmp_path / "mine", use_tfds=False)
+    datasets.load("fashion_mnist", use_tfds=False)
   message = str(err.value)
-  for route in ("mine", "repo", "debian", "apt-get install dataset-fashion-mnist", "--data_dir"):
+  for route in ("repo", "debian", "apt-get install dataset-fashion-mnist", "--data_dir"):
     assert route in message
+
+
+def test_an_explicit_data_dir_without_data_is_an_error_naming_it(tmp_path):
+  # The vendored MNIST is there, but an explicit directory is never silently replaced.
+  with pytest.raises(datasets.DataUnavailableError) as err:
+    datasets.load("mnist", data_dir=tmp_path / "nonexistent", use_tfds=False)
+  message = str(err.value)
+  assert "--data_dir" in message and str(tmp_path / "nonexistent") in message
+  assert "train-images-idx3-ubyte" in message
 
 
 def test_unknown_dataset():

@@ -71,6 +71,19 @@ class ConvNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     """`[B, H, W, C]` images -> `[B, embedding_dim]` non-negative embeddings."""
+    if images.ndim != 4:
+      raise ValueError(
+        f"images must have shape [batch, height, width, channels]; got shape {images.shape} "
+        "(add a channel axis with images[..., None])."
+      )
+    # Each stage takes (size - 4) // 2 with VALID padding and size // 2 with SAME.
+    smallest = 16 if self.padding == "VALID" else 4
+    if min(images.shape[1:3]) < smallest:
+      raise ValueError(
+        f"images of {images.shape[1]} x {images.shape[2]} are too small for "
+        f'padding="{self.padding}": it needs at least {smallest} x {smallest}'
+        + (' (use padding="SAME" for smaller images).' if self.padding == "VALID" else ".")
+      )
     x = PatchConv(20, 5, self.padding)(images)
     x = _max_pool_2x2(nn.relu(x))
     x = nn.Conv(50, (5, 5), padding=self.padding)(x)

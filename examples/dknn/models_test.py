@@ -54,3 +54,16 @@ def test_gradients_match_reference_layers(key):
   ref = jax.grad(objective)(params, lambda p: reference_forward(p, images, "VALID"))
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(b).max()), rtol=0)
+
+
+@pytest.mark.parametrize(
+  "shape,padding,match",
+  [
+    ((2, 8, 8, 1), "VALID", "too small"),
+    ((2, 3, 3, 1), "SAME", "too small"),
+    ((2, 28, 28), "VALID", "channel axis"),
+  ],
+)
+def test_bad_images_are_rejected_with_a_clear_error(shape, padding, match):
+  with pytest.raises(ValueError, match=match):
+    ConvNet(padding=padding).init(jax.random.key(0), jnp.zeros(shape))

@@ -267,14 +267,13 @@ def restore_checkpoint(state, path: pathlib.Path):
 
 
 class _Progress:
-  """A tqdm bar (steps/s and loss) when tqdm is installed and `enabled`; else silent.
-
-  The per-epoch summary lines are logged either way.
+  """A tqdm bar (steps/s and loss) when tqdm is installed, `enabled`, and the output is a
+  terminal; else silent, so that a log file gets only the per-epoch summary lines.
   """
 
   def __init__(self, total: int, initial: int, desc: str, enabled: bool):
     self.bar = None
-    if enabled:
+    if enabled and sys.stdout.isatty():
       try:
         from tqdm.auto import tqdm
       except ImportError:

@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from subsets_jax._src import exactly_k, relaxed_topk, validation
@@ -22,6 +23,8 @@ def check_embeddings(query_emb, neighbor_emb, names=("query_emb", "neighbor_emb"
       raise TypeError(f"{name} must be a real floating array; got dtype {x.dtype}.")
     if x.ndim != 2:
       raise ValueError(f"{name} must have shape [rows, features]; got {x.shape}.")
+    if validation.is_concrete(x) and x.size and not np.isfinite(np.asarray(x, np.float64)).all():
+      raise ValueError(f"{name} must be finite; it holds NaN or infinity.")
     arrays.append(x)
   if arrays[0].shape[1] != arrays[1].shape[1]:
     raise ValueError(
@@ -149,13 +152,15 @@ def dknn_loss(
     vjp: gradient mode of the relaxation, as in `soft_topk` (static).
 
   Returns:
-    Scalar loss in `[-k, 0]`, in the embeddings' compute dtype.
+    Scalar loss in `[-k, 0]`, in the embeddings' compute dtype; NaN when a traced
+    embedding holds NaN or infinity.
 
   Raises:
     TypeError: non-floating embeddings, non-integer labels, non-int `k`, non-real `tau`,
       or a `key` that is not a PRNG key.
     ValueError: mismatched shapes, `k` outside `[1, N]`, `num_samples < 1`, unknown
-      `estimator` or `vjp`, or concrete `tau` not finite and > 0.
+      `estimator` or `vjp`, concrete `tau` not finite and > 0, or concrete embeddings
+      that are not finite.
 
   Example:
     >>> import jax, jax.numpy as jnp

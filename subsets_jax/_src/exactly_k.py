@@ -67,12 +67,13 @@ def _compute(logits: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _log_partition_jit(logits, *, k):
-  return _log_partition(_compute(logits), k)
+  bad = validation.bad_rows(logits)[..., 0]
+  return validation.nan_where(bad, _log_partition(_compute(logits), k))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _marginals_jit(logits, *, k):
-  return marginals_core(_compute(logits), k)
+  return validation.nan_where(validation.bad_rows(logits), marginals_core(_compute(logits), k))
 
 
 def exactly_k_log_partition(logits: ArrayLike, k: int) -> jax.Array:
@@ -96,7 +97,8 @@ def exactly_k_log_partition(logits: ArrayLike, k: int) -> jax.Array:
     k: set size, a Python int with `1 <= k <= n` (static under `jit`).
 
   Returns:
-    `[...]` log-partition in the compute dtype (float32 at least, float64 stays float64).
+    `[...]` log-partition in the compute dtype (float32 at least, float64 stays float64);
+    NaN for a row with traced NaN or `+inf` logits (as every output of this family).
 
   Raises:
     TypeError: non-floating `logits` or non-int `k`.
@@ -131,7 +133,7 @@ def exactly_k_marginals(logits: ArrayLike, k: int) -> jax.Array:
     k: set size, a Python int with `1 <= k <= n` (static under `jit`).
 
   Returns:
-    `[..., n]` marginals in the compute dtype.
+    `[..., n]` marginals in the compute dtype (NaN for a row with traced NaN or `+inf`).
 
   Raises:
     Same as `exactly_k_log_partition`.
@@ -155,7 +157,8 @@ def exactly_k_marginals(logits: ArrayLike, k: int) -> jax.Array:
 def _log_prob_jit(logits, indices):
   logits = _compute(logits)
   chosen = jnp.take_along_axis(logits, indices, axis=-1)
-  return jnp.sum(chosen, axis=-1) - _log_partition(logits, indices.shape[-1])
+  log_p = jnp.sum(chosen, axis=-1) - _log_partition(logits, indices.shape[-1])
+  return validation.nan_where(validation.bad_rows(logits)[..., 0], log_p)
 
 
 def exactly_k_log_prob(logits: ArrayLike, indices: ArrayLike) -> jax.Array:
@@ -245,7 +248,8 @@ def exactly_k_sample(key: ArrayLike, logits: ArrayLike, k: int) -> jax.Array:
     k: set size, a Python int with `1 <= k <= n` (static under `jit`).
 
   Returns:
-    int32 `[..., k]` the sampled items in ascending index order.
+    int32 `[..., k]` the sampled items in ascending index order (unspecified for a row
+    with traced NaN or `+inf` logits).
 
   Raises:
     TypeError: `key` is not a PRNG key, non-floating `logits` or non-int `k`.
@@ -277,7 +281,8 @@ def simple_core(key: jax.Array, logits: jax.Array, k: int) -> jax.Array:
   sample = sample_core(key, logits, k).astype(logits.dtype)
   marginals = marginals_core(logits, k)
   # x - x is exactly 0 for finite x: the forward value is the exact k-hot sample.
-  return sample + (marginals - jax.lax.stop_gradient(marginals))
+  out = sample + (marginals - jax.lax.stop_gradient(marginals))
+  return validation.nan_where(validation.bad_rows(logits), out)
 
 
 def simple_topk(key: ArrayLike, logits: ArrayLike, k: int) -> jax.Array:
@@ -295,7 +300,8 @@ def simple_topk(key: ArrayLike, logits: ArrayLike, k: int) -> jax.Array:
     k: set size, a Python int with `1 <= k <= n` (static under `jit`).
 
   Returns:
-    `[..., n]` exact k-hot sample in the dtype of `logits`, differentiable in `logits`.
+    `[..., n]` exact k-hot sample in the dtype of `logits`, differentiable in `logits`
+    (NaN for a row with traced NaN or `+inf` logits).
 
   Raises:
     Same as `exactly_k_sample`.

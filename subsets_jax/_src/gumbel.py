@@ -92,7 +92,9 @@ def gumbel_topk(key: ArrayLike, scores: ArrayLike, k: int) -> jax.Array:
   Returns:
     int32 `[..., k]` item indices in draw order (descending perturbed score). Items with
     score `-inf` are never drawn while a row has `k` finite scores; concrete scores with
-    fewer are rejected (under `jit` such a row is filled with `-inf` items).
+    fewer are rejected (under `jit` such a row is filled with `-inf` items). The indices
+    of a row with traced NaN or `+inf` scores are unspecified, and equal to those that
+    `gumbel_topk_relaxed(..., hard=True)` encodes.
 
   Raises:
     TypeError: `key` is not a PRNG key, `k` is not an int, or `scores` is not a real

@@ -106,8 +106,8 @@ def _row_inclusion(scores: jax.Array, k: int) -> jax.Array:
 def _inclusion_probs(scores, *, k):
   dtype = validation.compute_dtype(scores.dtype)
   rows = scores.astype(dtype).reshape(-1, scores.shape[-1])
-  out = jax.lax.map(lambda row: _row_inclusion(row, k), rows)
-  return out.reshape(scores.shape)
+  out = jax.lax.map(lambda row: _row_inclusion(row, k), rows).reshape(scores.shape)
+  return validation.nan_where(validation.bad_rows(scores), out)
 
 
 def inclusion_probs(scores: ArrayLike, k: int) -> jax.Array:
@@ -145,7 +145,8 @@ def inclusion_probs(scores: ArrayLike, k: int) -> jax.Array:
     k: subset size, a Python int with `1 <= k <= n` (static under `jit`).
 
   Returns:
-    `[..., n]` inclusion probabilities in the compute dtype (float32 at least).
+    `[..., n]` inclusion probabilities in the compute dtype (float32 at least); NaN for a
+    row with traced NaN or `+inf` scores.
 
   Raises:
     TypeError: non-floating `scores` or non-int `k`.

@@ -62,12 +62,13 @@ def knn_predict(
     mesh: optional 1-D device mesh with axis "data" to shard the bank over.
 
   Returns:
-    int32 `[Q]` predicted classes.
+    int32 `[Q]` predicted classes (empty for `Q = 0`).
 
   Raises:
     TypeError: non-floating embeddings, non-integer labels, or a non-int `k`.
     ValueError: shapes that do not match, `k` outside `[1, N]`, `num_classes` or
-      `chunk_size` not a Python int >= 1, or a `mesh` without a "data" axis.
+      `chunk_size` not a Python int >= 1, concrete labels outside `[0, num_classes)`,
+      non-finite concrete embeddings, or a `mesh` without a "data" axis.
 
   Example:
     >>> import jax.numpy as jnp
@@ -84,6 +85,9 @@ def knn_predict(
     raise ValueError(f"num_classes must be a Python int >= 1; got {num_classes!r}.")
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a Python int >= 1; got {chunk_size!r}.")
+  validation.check_index_range(labels, num_classes, name="neighbor_labels")
+  if queries.shape[0] == 0:
+    return jnp.zeros((0,), jnp.int32)
   if mesh is not None and DATA_AXIS not in mesh.shape:
     raise ValueError(f"mesh must have an axis named {DATA_AXIS!r}; got axes {mesh.axis_names}.")
   return _knn_predict(

@@ -27,7 +27,8 @@ def subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Array:
     indices: integer `[..., k]` with the same leading shape, distinct in `[0, n)`.
 
   Returns:
-    `[...]` log-probabilities in the compute dtype (float32, or float64).
+    `[...]` log-probabilities in the compute dtype (float32, or float64); NaN for a
+    row with traced NaN or `+inf` scores.
 
   Raises:
     TypeError: non-floating `scores` or non-integer `indices`.
@@ -66,7 +67,7 @@ def _subset_log_prob(scores, indices):
 
   taken0 = jnp.zeros(scores.shape, bool)
   _, terms = jax.lax.scan(draw, taken0, jnp.moveaxis(indices, -1, 0))
-  return jnp.sum(terms, axis=0)
+  return validation.nan_where(validation.bad_rows(scores)[..., 0], jnp.sum(terms, axis=0))
 
 
 def _log1m_exp_neg_exp(y: jax.Array) -> jax.Array:
@@ -159,4 +160,5 @@ def _unordered_subset_log_prob(scores, indices):
   log_integrand = z - jnp.exp(z) + jnp.sum(factors, axis=-1)
   log_p = jax.nn.logsumexp(log_integrand, axis=-1) + math.log(step)
   log_p = jnp.where(jnp.any(excluded, axis=-1), neg_inf, log_p)
-  return jnp.where(rest_empty[..., 0], 0, log_p)
+  log_p = jnp.where(rest_empty[..., 0], 0, log_p)
+  return validation.nan_where(validation.bad_rows(scores)[..., 0], log_p)

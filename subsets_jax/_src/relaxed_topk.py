@@ -325,7 +325,7 @@ def _relax(scores: jax.Array, tau: jax.Array, k: int, vjp: str) -> jax.Array:
   b = _scaled_rows(scores, tau)
   rows = b.reshape(-1, b.shape[-1])
   recursion = _recursion_recompute if vjp == "recompute" else _recursion_autodiff
-  return recursion(rows, tau, k).reshape(b.shape)
+  return validation.nan_where(validation.bad_rows(scores), recursion(rows, tau, k).reshape(b.shape))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "vjp"))
@@ -403,7 +403,8 @@ def soft_topk(
 
   Excluded items: `-inf` scores get exactly zero mass. Concrete scores with fewer than
   `k` finite entries in a row are rejected; under `jit` such a row recycles its mass over
-  its finite entries (it still sums to k; a row with none gives zeros).
+  its finite entries (it still sums to k; a row with none gives zeros). Concrete NaN or
+  `+inf` scores are rejected; traced ones make their row's output NaN.
 
   Args:
     scores: `[..., n]` real floating scores; leading axes are batch axes.
@@ -461,7 +462,8 @@ def gumbel_topk_relaxed(
     vjp: gradient mode, as in `soft_topk`.
 
   Returns:
-    `[..., n]` in the dtype of `scores`: the relaxed k-hot, or the exact k-hot when `hard`.
+    `[..., n]` in the dtype of `scores`: the relaxed k-hot, or the exact k-hot when `hard`;
+    NaN for a row with traced NaN or `+inf` scores, with or without `hard`.
 
   Raises:
     TypeError: as `soft_topk`, and for a non-bool `hard`.

@@ -175,3 +175,13 @@ def check_indices(indices, scores: jax.Array, *, name: str = "indices") -> jax.A
 def compute_dtype(dtype) -> jnp.dtype:
   """Float32 at least: half precisions are upcast, float64 stays float64."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def bad_rows(x: jax.Array) -> jax.Array:
+  """`[..., 1]`: whether a row of `[..., n]` holds NaN or +inf (for use under `jit`)."""
+  return jnp.any(jnp.isnan(x) | (x == jnp.inf), axis=-1, keepdims=True)
+
+
+def nan_where(bad: jax.Array, out: jax.Array) -> jax.Array:
+  """`out` with NaN wherever `bad` (broadcast) holds: NaN in, NaN out."""
+  return jnp.where(bad, jnp.asarray(jnp.nan, out.dtype), out)
