@@ -6,7 +6,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from subsets_jax._src import exactly_k, relaxed_topk, validation
@@ -23,8 +22,12 @@ def check_embeddings(query_emb, neighbor_emb, names=("query_emb", "neighbor_emb"
       raise TypeError(f"{name} must be a real floating array; got dtype {x.dtype}.")
     if x.ndim != 2:
       raise ValueError(f"{name} must have shape [rows, features]; got {x.shape}.")
-    if validation.is_concrete(x) and x.size and not np.isfinite(np.asarray(x, np.float64)).all():
-      raise ValueError(f"{name} must be finite; it holds NaN or infinity.")
+    if validation.is_concrete(x) and x.size:
+      # A reduction on the device: a neighbour bank is not copied to the host for it.
+      with jax.ensure_compile_time_eval():
+        finite = bool(jnp.all(jnp.isfinite(x)))
+      if not finite:
+        raise ValueError(f"{name} must be finite; it holds NaN or infinity.")
     arrays.append(x)
   if arrays[0].shape[1] != arrays[1].shape[1]:
     raise ValueError(
@@ -183,8 +186,7 @@ def dknn_loss(
   neighbor_labels = check_labels(neighbor_labels, num_neighbors, "neighbor_labels")
   k = validation.check_k(k, num_neighbors)
   tau = validation.check_tau(tau)
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"num_samples must be a Python int >= 1; got {num_samples!r}.")
+  num_samples = validation.check_positive_int(num_samples, "num_samples")
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
   relaxed_topk.check_vjp(vjp)

@@ -26,12 +26,22 @@ def _shift_up(e: jax.Array) -> jax.Array:
   return jnp.concatenate([neg_inf, e[..., :-1]], axis=-1)
 
 
+def _empty_table(logits: jax.Array, k: int) -> jax.Array:
+  """`[..., k + 1]`: log e_m of no items (0 for m = 0, -inf above)."""
+  return jnp.full((*logits.shape[:-1], k + 1), -jnp.inf, logits.dtype).at[..., 0].set(0)
+
+
+def _add_item(e: jax.Array, logit: jax.Array) -> jax.Array:
+  """One step of the recursion: e_m(w_1..w_j) = e_m(w_1..w_{j-1}) + w_j e_{m-1}(w_1..w_{j-1})."""
+  return log_add(e, logit[..., None] + _shift_up(e))
+
+
 def _prefix_tables(logits: jax.Array, k: int) -> jax.Array:
   """`[n + 1, ..., k + 1]`: entry (j, m) is log e_m(w_1, ..., w_j), w = exp(logits)."""
-  e0 = jnp.full((*logits.shape[:-1], k + 1), -jnp.inf, logits.dtype).at[..., 0].set(0)
+  e0 = _empty_table(logits, k)
 
   def step(e, logit):
-    e = log_add(e, logit[..., None] + _shift_up(e))
+    e = _add_item(e, logit)
     return e, e
 
   _, tables = jax.lax.scan(step, e0, jnp.moveaxis(logits, -1, 0))
@@ -39,13 +49,12 @@ def _prefix_tables(logits: jax.Array, k: int) -> jax.Array:
 
 
 def _log_partition(logits: jax.Array, k: int) -> jax.Array:
-  """log e_k(exp(logits)) of checked `[..., n]` logits in the compute dtype (under `jit`)."""
-  e0 = jnp.full((*logits.shape[:-1], k + 1), -jnp.inf, logits.dtype).at[..., 0].set(0)
+  """log e_k(exp(logits)) of checked `[..., n]` logits in the compute dtype (under `jit`).
 
-  def step(e, logit):
-    return log_add(e, logit[..., None] + _shift_up(e)), None
-
-  e, _ = jax.lax.scan(step, e0, jnp.moveaxis(logits, -1, 0))
+  The same recursion as `_prefix_tables`, keeping only the last table.
+  """
+  step = lambda e, logit: (_add_item(e, logit), None)
+  e, _ = jax.lax.scan(step, _empty_table(logits, k), jnp.moveaxis(logits, -1, 0))
   return e[..., k]
 
 

@@ -22,6 +22,15 @@ def noise(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
   )
 
 
+def perturb(key: jax.Array, scores: jax.Array, dtype) -> jax.Array:
+  """`scores + noise` in the compute `dtype`: the keys that `gumbel_topk` ranks (under `jit`).
+
+  `gumbel_topk_relaxed` relaxes the same keys, so its `hard=True` value encodes the items
+  that `gumbel_topk` returns for the same key.
+  """
+  return scores.astype(dtype) + noise(key, scores.shape, dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("shape", "dtype"))
 def _gumbel_noise(key, *, shape, dtype):
   return noise(key, shape, dtype)
@@ -67,8 +76,7 @@ def gumbel_noise(key: ArrayLike, scores) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("k",))
 def _gumbel_topk(key, scores, *, k):
   dtype = validation.compute_dtype(scores.dtype)
-  perturbed = scores.astype(dtype) + noise(key, scores.shape, dtype)
-  return jax.lax.top_k(perturbed, k)[1].astype(jnp.int32)
+  return jax.lax.top_k(perturb(key, scores, dtype), k)[1].astype(jnp.int32)
 
 
 def gumbel_topk(key: ArrayLike, scores: ArrayLike, k: int) -> jax.Array:
@@ -154,8 +162,7 @@ def khot(indices: ArrayLike, n: int, *, dtype=jnp.float32) -> jax.Array:
     >>> sj.khot(jnp.array([2, 0]), 4)
     Array([1., 0., 1., 0.], dtype=float32)
   """
-  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-    raise ValueError(f"n must be a Python int >= 1; got {n!r}.")
+  n = validation.check_positive_int(n, "n")
   indices = validation.as_array(indices, "indices")
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f"indices must be an integer array; got dtype {indices.dtype}.")

@@ -81,10 +81,8 @@ def knn_predict(
   queries, bank = dknn.check_embeddings(query_emb, neighbor_emb)
   labels = dknn.check_labels(neighbor_labels, bank.shape[0], "neighbor_labels")
   k = validation.check_k(k, bank.shape[0])
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"num_classes must be a Python int >= 1; got {num_classes!r}.")
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"chunk_size must be a Python int >= 1; got {chunk_size!r}.")
+  num_classes = validation.check_positive_int(num_classes, "num_classes")
+  chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
   validation.check_index_range(labels, num_classes, name="neighbor_labels")
   if queries.shape[0] == 0:
     return jnp.zeros((0,), jnp.int32)

@@ -336,7 +336,7 @@ def _soft_topk(scores, tau, *, k, vjp):
 
 def relaxed_sample(key, scores, tau, k, hard, vjp, dtype):
   """`gumbel_topk_relaxed` of checked arguments, in the compute `dtype` (under `jit`)."""
-  perturbed = scores.astype(dtype) + gumbel.noise(key, scores.shape, dtype)
+  perturbed = gumbel.perturb(key, scores, dtype)
   soft = _relax(perturbed, jnp.asarray(tau, dtype), k, vjp)
   if not hard:
     return soft

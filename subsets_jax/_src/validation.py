@@ -33,6 +33,13 @@ def check_k(k, n: int, *, name: str = "k") -> int:
   return k
 
 
+def check_positive_int(value, name: str) -> int:
+  """A Python int >= 1 (a static size or count)."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a Python int >= 1; got {value!r}.")
+  return value
+
+
 def _check_floating(dtype, name: str) -> None:
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"{name} must be a real floating array (log-weights); got dtype {dtype}.")
