@@ -29,4 +29,8 @@ def x64():
 
 
 # Scripts run in their own processes by the tests (they set process-wide JAX options).
-collect_ignore = ["examples/train_mnist.py", "examples/dknn/parallel_worker.py"]
+collect_ignore = [
+  "examples/train_mnist.py",
+  "examples/dknn/parallel_worker.py",
+  "tests/knn_mesh_worker.py",
+]

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import subsets_jax as sj
 from dknn import configs
 from dknn import parallel as sharding
 from dknn import train as training
@@ -38,23 +37,10 @@ def train_params(num_devices: int, steps: int = 3):
   )
 
 
-def knn_results():
-  rng = np.random.default_rng(1)
-  bank = rng.normal(size=(2003, 24)).astype(np.float32)
-  labels = rng.integers(0, 7, 2003).astype(np.int32)
-  queries = rng.normal(size=(517, 24)).astype(np.float32)
-  plain = sj.knn_predict(queries, bank, labels, k=9, num_classes=7, chunk_size=128)
-  sharded = sj.knn_predict(
-    queries, bank, labels, k=9, num_classes=7, chunk_size=128, mesh=sharding.data_mesh(4)
-  )
-  return np.asarray(plain).tolist(), np.asarray(sharded).tolist()
-
-
 if __name__ == "__main__":
   sharding.set_host_devices(int(sys.argv[1]))
   one, devices_one = train_params(1)
   four, devices_four = train_params(4)
-  plain, sharded = knn_results()
   json.dump(
     {
       "device_count": jax.device_count(),
@@ -62,8 +48,6 @@ if __name__ == "__main__":
       "params_4": four,
       "devices_1": devices_one,
       "devices_4": devices_four,
-      "knn_plain": plain,
-      "knn_sharded": sharded,
     },
     sys.stdout,
   )

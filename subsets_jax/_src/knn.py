@@ -6,7 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
 from subsets_jax._src import dknn, validation
@@ -59,7 +59,9 @@ def knn_predict(
     k: neighbours per vote (static).
     num_classes: number of classes (static).
     chunk_size: queries per chunk (static).
-    mesh: optional 1-D device mesh with axis "data" to shard the bank over.
+    mesh: optional device mesh with an axis named "data" to shard the bank over, with
+      Explicit or Auto axis types (as `jax.make_mesh` makes); the inputs may be
+      placed on it already or not.
 
   Returns:
     int32 `[Q]` predicted classes (empty for `Q = 0`).
@@ -97,6 +99,8 @@ def knn_predict(
 def _knn_predict(queries, bank, labels, *, k, num_classes, chunk_size, mesh):
   num_queries = queries.shape[0]
   num_chunks = -(-num_queries // chunk_size)
+  if mesh is not None:
+    queries = _place(queries, mesh, PartitionSpec())  # every device votes for every query
   padded = jnp.pad(queries, ((0, num_chunks * chunk_size - num_queries), (0, 0)))
   precision = jax.lax.Precision.HIGHEST
 
@@ -110,6 +114,14 @@ def _knn_predict(queries, bank, labels, *, k, num_classes, chunk_size, mesh):
   else:
     predictions = _sharded_predictions(chunks, bank, labels, k, num_classes, mesh)
   return predictions.reshape(-1)[:num_queries]
+
+
+def _place(x: jax.Array, mesh: Mesh, spec: PartitionSpec) -> jax.Array:
+  """`x` laid out as `spec` on `mesh`: a reshard for Explicit axes, a constraint for Auto."""
+  sharding = NamedSharding(mesh, spec)
+  if mesh.axis_types[mesh.axis_names.index(DATA_AXIS)] == AxisType.Explicit:
+    return jax.sharding.reshard(x, sharding)
+  return jax.lax.with_sharding_constraint(x, sharding)
 
 
 def _sharded_predictions(chunks, bank, labels, k, num_classes, mesh):
@@ -138,9 +150,7 @@ def _sharded_predictions(chunks, bank, labels, k, num_classes, mesh):
     return jax.lax.map(classify, chunks)
 
   spec = PartitionSpec(axis)
-  split = NamedSharding(mesh, spec)
-  bank, labels, valid = (jax.lax.with_sharding_constraint(x, split) for x in (bank, labels, valid))
-  chunks = jax.lax.with_sharding_constraint(chunks, NamedSharding(mesh, PartitionSpec()))
+  bank, labels, valid = (_place(x, mesh, spec) for x in (bank, labels, valid))
   return jax.shard_map(
     local,
     mesh=mesh,
