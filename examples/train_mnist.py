@@ -9,6 +9,10 @@ the work is `dknn.train.train_and_evaluate` beside it, the configurations are in
   python examples/train_mnist.py --config digits          # seconds, scikit-learn digits
   python examples/train_mnist.py --dataset fashion_mnist  # Debian's dataset-fashion-mnist
   python examples/train_mnist.py --resume                 # continue an interrupted run
+
+Ctrl-C (or SIGTERM) finishes the current step, saves, and exits with 130 (143); a second
+Ctrl-C exits at once. Metrics go to <workdir>/metrics.jsonl and TensorBoard events to
+<workdir>/tensorboard (to view them: pip install tensorboard; tensorboard --logdir runs).
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ _OVERRIDES = {
   "max_train_examples": ("max_train_examples", "train on a subset"),
   "max_test_examples": ("max_test_examples", "test on a subset"),
   "seed": ("seed", "initialisation, data order and noise"),
+  "checkpoint_every": (
+    "checkpoint_every_steps",
+    "save the latest state every this many steps, as well as at every epoch end",
+  ),
 }
 _TYPES = {
   "data_dir": str,
@@ -80,7 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--workdir", default=None, help="metrics and checkpoints go here (default: runs/<dataset>)"
   )
-  p.add_argument("--resume", action="store_true", help="continue from workdir's latest checkpoint")
+  p.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue the run in workdir from its latest checkpoint (its configuration must match "
+    "except for epochs, time budget, progress and device count); without it a new run "
+    "replaces workdir's",
+  )
   p.add_argument(
     "--time_budget_min",
     type=float,
@@ -137,13 +151,16 @@ def main(argv=None) -> int:
       num_processes=args.num_processes,
       process_id=args.process_id,
     )
-  from dknn import train
+  from dknn import checkpoints, stopping, train
 
   config = make_config(args)
   workdir = args.workdir or f"runs/{config.dataset}"
   try:
     summary = train.train_and_evaluate(config, workdir, resume=args.resume)
-  except input_pipeline.DataUnavailableError as err:
+  except stopping.TrainingInterrupted as stop:
+    print(stop, file=sys.stderr)
+    return stop.exit_code
+  except (input_pipeline.DataUnavailableError, checkpoints.ConfigMismatchError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
   fields = ("test_accuracy", "best_val_accuracy", "best_epoch", "train_time_s", "wall_time_s")

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from jax.test_util import check_grads
 
 import subsets_jax as sj
@@ -37,6 +38,34 @@ def test_matches_enumeration_float64(n, k, rng, x64):
   ours = sj.inclusion_probs(jnp.asarray(scores), k)
   assert ours.dtype == jnp.float64
   np.testing.assert_allclose(ours, _enumerated_inclusion(np.exp(scores), k), atol=1e-8, rtol=0)
+
+
+def _enumerated_inclusion_log_space(scores, k):
+  """As `_enumerated_inclusion`, from log-weights of any spread (no exp overflow)."""
+  scores = np.asarray(scores, np.float64)
+  pi = np.zeros(len(scores))
+  for order in itertools.permutations(range(len(scores)), k):
+    left, log_p = np.ones(len(scores), bool), 0.0
+    for i in order:
+      log_p += scores[i] - scipy.special.logsumexp(scores[left])
+      left[i] = False
+    pi[list(order)] += np.exp(log_p)
+  return pi
+
+
+@pytest.mark.parametrize("n,k", [(5, 2), (7, 3), (6, 5)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matches_enumeration_for_widely_spread_scores(n, k, dtype, rng):
+  # Spreads far beyond the node range's reach unless the far scores are clipped first.
+  for scale in (30.0, 300.0, 1e4):
+    scores = rng.normal(size=n) * scale
+    scores[1] = scores[0] + 2.0  # and two close ones, whose probabilities are in between
+    with jax.enable_x64(dtype == "float64"):
+      ours = sj.inclusion_probs(jnp.asarray(scores, dtype), k)
+      given = np.asarray(jnp.asarray(scores, dtype), np.float64)  # the rounded input
+    expected = _enumerated_inclusion_log_space(given, k)
+    atol = 2e-5 if dtype == "float32" else 1e-8
+    np.testing.assert_allclose(ours, expected, atol=atol, err_msg=f"scale {scale}")
 
 
 def test_special_cases():

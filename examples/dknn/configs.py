@@ -33,6 +33,7 @@ class TrainConfig:
   max_test_examples: int | None = None  # test on a subset
   time_budget_s: float | None = 20 * 60  # stop training once exceeded, then evaluate
   eval_batch_size: int = 1000
+  checkpoint_every_steps: int | None = 500  # and at every epoch end; None: epoch ends only
   num_devices: int | None = None  # None: all visible devices that divide the batch sizes
   progress: bool = True
 

@@ -12,16 +12,15 @@ test time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import json
 import pathlib
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,14 +29,14 @@ from flax.training import train_state
 
 import subsets_jax as sj
 
+from . import checkpoints as ckpt
 from . import input_pipeline as datasets
+from . import metric_writers, stopping
 from . import parallel as sharding
 from .configs import TrainConfig
 from .models import ConvNet
 
-LATEST = "checkpoint_latest.msgpack"
-BEST = "checkpoint_best.msgpack"
-METRICS = "metrics.jsonl"
+_LOG_EVERY_STEPS = 20  # TensorBoard: mean training loss over this many steps
 _print_flush = functools.partial(print, flush=True)
 
 
@@ -80,13 +79,21 @@ def make_splits(data: datasets.Dataset, config: TrainConfig) -> Splits:
   )
 
 
+@functools.lru_cache(maxsize=16)
 def make_model(image_shape: tuple[int, ...]) -> ConvNet:
+  """The ConvNet for images of `image_shape`; one object per shape (see `make_optimizer`)."""
   # The reference net needs 28x28 inputs with VALID padding; smaller images use SAME.
   return ConvNet(padding="VALID" if min(image_shape[:2]) >= 28 else "SAME")
 
 
+@functools.lru_cache(maxsize=16)
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """PyTorch-style SGD: weight decay added to the gradient before momentum."""
+  """PyTorch-style SGD: weight decay added to the gradient before momentum.
+
+  One object per (config, steps_per_epoch): the optimiser is a static part of the
+  TrainState, so reusing it lets the jitted steps of a later run in the same process
+  reuse their compilations.
+  """
   if config.lr_schedule == "constant":
     lr = config.learning_rate
   elif config.lr_schedule == "cosine":
@@ -103,7 +110,7 @@ def create_train_state(
   key: jax.Array, config: TrainConfig, image_shape: tuple[int, ...], steps_per_epoch: int
 ) -> TrainState:
   """Initialises the ConvNet parameters and the optimiser state."""
-  model = make_model(image_shape)
+  model = make_model(tuple(image_shape))
   params = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
   return TrainState.create(
     apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch)
@@ -248,24 +255,6 @@ def epoch_batches(num_train: int, config: TrainConfig, epoch: int):
     )
 
 
-def _save(path: pathlib.Path, payload: dict[str, Any]) -> None:
-  if jax.process_index() != 0:  # multi-host: one writer; every process holds the same state
-    return
-  tmp = path.with_suffix(".tmp")
-  tmp.write_bytes(flax.serialization.msgpack_serialize(payload))
-  tmp.replace(path)  # atomic: an interrupted write never corrupts the checkpoint
-
-
-def _checkpoint(state, **extra) -> dict[str, Any]:
-  return {"state": flax.serialization.to_state_dict(state), **extra}
-
-
-def restore_checkpoint(state, path: pathlib.Path):
-  """Loads a checkpoint written by `train_and_evaluate` into `state`; returns (state, payload)."""
-  payload = flax.serialization.msgpack_restore(path.read_bytes())
-  return flax.serialization.from_state_dict(state, payload["state"]), payload
-
-
 class _Progress:
   """A tqdm bar (steps/s and loss) when tqdm is installed, `enabled`, and the output is a
   terminal; else silent, so that a log file gets only the per-epoch summary lines.
@@ -291,6 +280,35 @@ class _Progress:
       self.bar.close()
 
 
+@dataclasses.dataclass
+class RunPosition:
+  """Where a run stands; saved with every latest checkpoint (`meta`) and restored on resume.
+
+  Times are summed over the processes of the run (a resumed run adds its own), each counted
+  up to the checkpoint that the next one resumed from; training time is part of wall time.
+  """
+
+  epoch: int = 0  # completed epochs
+  step_in_epoch: int = 0  # steps done in the epoch in progress
+  best_val_accuracy: float | None = None
+  best_epoch: float | None = None  # epochs done at the best validation (fractional mid-epoch)
+  best_step: int | None = None
+  train_time_s: float = 0.0
+  wall_time_s: float = 0.0
+
+  def epochs_done(self, steps_per_epoch: int) -> float:
+    return self.epoch + self.step_in_epoch / steps_per_epoch
+
+
+def _check_run_config(config: TrainConfig) -> None:
+  if config.num_epochs < 1:
+    raise ValueError(f"num_epochs must be >= 1; got {config.num_epochs}.")
+  if config.checkpoint_every_steps is not None and config.checkpoint_every_steps < 1:
+    raise ValueError(
+      f"checkpoint_every_steps must be >= 1 or None; got {config.checkpoint_every_steps}."
+    )
+
+
 def train_and_evaluate(
   config: TrainConfig,
   workdir: str | pathlib.Path,
@@ -300,19 +318,39 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
   """Trains, keeps the best-validation checkpoint, reports its test accuracy.
 
-  Writes to `workdir`: `metrics.jsonl` (one JSON record per epoch and a final
-  record), `checkpoint_latest.msgpack` (for `resume`, written after every
-  epoch and when the time budget stops training) and
-  `checkpoint_best.msgpack` (best validation accuracy). With `resume=True` the
-  run continues from the latest checkpoint exactly: data order and noise depend
-  only on (seed, epoch, step).
+  Writes to `workdir`: `metrics.jsonl` and TensorBoard events (`metric_writers`), and the
+  Orbax checkpoints `checkpoints/latest` (every `checkpoint_every_steps` steps, every epoch
+  end, a time-budget stop, SIGINT/SIGTERM) and `checkpoints/best` (`checkpoints`). A new run
+  replaces any earlier run in `workdir`. With `resume=True` the run continues from the
+  latest checkpoint bit for bit as if uninterrupted (data order and noise depend only on
+  seed, epoch and step) after checking that the configuration only differs in the fields
+  `checkpoints.RESUMABLE_FIELDS`; with no checkpoint it says so and starts a new run.
 
   Returns:
-    Summary dict: best validation accuracy and epoch, test accuracy, times.
+    The final record: best validation accuracy and its epoch, test accuracy, times.
+
+  Raises:
+    stopping.TrainingInterrupted: on SIGINT or SIGTERM, after saving the latest state.
+    checkpoints.ConfigMismatchError: resuming with a configuration that differs from the
+      saved one in a field that changes the model, the data or the random streams.
+    input_pipeline.DataUnavailableError: no route provides the data set.
   """
-  workdir = pathlib.Path(workdir)
+  _check_run_config(config)
+  # From the start: a signal while the data loads or the step compiles stops after one step.
+  with stopping.handle_signals() as stop:
+    return _train_and_evaluate(config, pathlib.Path(workdir), resume, log, stop)
+
+
+def _train_and_evaluate(config, workdir, resume, log, stop) -> dict[str, Any]:
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
+  checkpoints = ckpt.Checkpoints(workdir, fresh=not resume)
+  meta = checkpoints.latest_meta() if resume else None
+  if meta is not None:
+    ckpt.check_resumable(meta["config"], config, workdir)
+  elif resume:
+    log(f"no checkpoint in {workdir}: starting a new run")
+
   data = datasets.load(config.dataset, data_dir=config.data_dir)
   splits = make_splits(data, config)
   num_train = len(splits.train_labels)
@@ -323,34 +361,37 @@ def train_and_evaluate(
     f"data: {splits.source}; train {num_train}, validation {len(splits.val_labels)}, "
     f"test {len(splits.test_labels)}; {steps_per_epoch} steps/epoch"
   )
-
-  root = jax.random.key(config.seed)
-  state = create_train_state(
-    jax.random.fold_in(root, 0), config, splits.train_images.shape[1:], steps_per_epoch
-  )
-  noise_key = jax.random.fold_in(root, 1)
-  epoch, step_in_epoch, best_acc, best_epoch, train_time = 0, 0, -1.0, -1, 0.0
-  if resume and (workdir / LATEST).exists():
-    state, payload = restore_checkpoint(state, workdir / LATEST)
-    epoch, step_in_epoch = int(payload["epoch"]), int(payload["step_in_epoch"])
-    best_acc, best_epoch = float(payload["best_acc"]), int(payload["best_epoch"])
-    train_time = float(payload["train_time"])
-    log(f"resumed from {workdir / LATEST}: epoch {epoch}, step {step_in_epoch}")
-  elif not resume and jax.process_index() == 0:
-    (workdir / METRICS).unlink(missing_ok=True)
-
-  def record(entry):
-    if jax.process_index() == 0:
-      with open(workdir / METRICS, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-
   # Data parallel: parameters replicated, each step's queries and neighbours split.
   mesh = sharding.data_mesh(
     config.num_devices, divides=(config.num_queries, config.num_neighbors, config.eval_batch_size)
   )
   log(f"devices: {mesh.size} x {mesh.devices.flat[0].platform} (data parallel)")
+
+  root = jax.random.key(config.seed)
+  state = create_train_state(
+    jax.random.fold_in(root, 0), config, splits.train_images.shape[1:], steps_per_epoch
+  )
   state = sharding.replicate(state, mesh)
-  separate_passes = prefers_separate_passes(mesh)
+  noise_key = jax.random.fold_in(root, 1)
+  position = RunPosition()
+  if meta is not None:
+    state, meta = checkpoints.restore_latest(state)
+    position = RunPosition(**meta["position"])
+    log(
+      f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} of "
+      f"{steps_per_epoch} from {checkpoints.latest.directory}"
+    )
+  writer = metric_writers.MetricWriter(
+    workdir, resume_step=None if meta is None else int(jax.device_get(state.step))
+  )
+  base_wall = position.wall_time_s
+
+  def wall_time():
+    return base_wall + time.perf_counter() - t_start
+
+  def save_latest(state, **overrides):
+    saved = dict(dataclasses.asdict(position), wall_time_s=wall_time(), **overrides)
+    checkpoints.save_latest(state, {"position": saved, "config": dataclasses.asdict(config)})
 
   def knn_accuracy(state, images, labels):
     """The training split is the neighbour bank, as in the reference."""
@@ -367,102 +408,147 @@ def train_and_evaluate(
     )
 
   tau = jnp.float32(config.tau)
-  best_state = None  # kept in memory too: on multi-host only process 0 writes checkpoints
+  separate_passes = prefers_separate_passes(mesh)
+  every = config.checkpoint_every_steps
   out_of_time = False
-  while epoch < config.num_epochs and not out_of_time:
-    losses, correctness = [], []
-    progress = _Progress(steps_per_epoch, step_in_epoch, f"epoch {epoch + 1}", config.progress)
-    t_epoch = time.perf_counter()
-    for i, (qi, ni) in enumerate(epoch_batches(num_train, config, epoch)):
-      if i < step_in_epoch:
-        continue
-      batch = {
-        "query_images": splits.train_images[qi],
-        "query_labels": splits.train_labels[qi],
-        "neighbor_images": splits.train_images[ni],
-        "neighbor_labels": splits.train_labels[ni],
-      }
-      batch = sharding.shard_batch(batch, mesh)
-      key = jax.random.fold_in(noise_key, epoch * steps_per_epoch + i)
-      state, metrics = train_step_jit(
-        state,
-        batch,
-        key,
-        tau,
-        k=config.k,
-        num_samples=config.num_samples,
-        estimator=config.estimator,
-        separate_passes=separate_passes,
+  with contextlib.ExitStack() as cleanup:
+    cleanup.callback(checkpoints.close)
+    cleanup.callback(writer.close)
+    while position.epoch < config.num_epochs and not out_of_time:
+      losses, correctness = [], []
+      progress = _Progress(
+        steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
       )
-      metrics = jax.device_get(metrics)
-      losses.append(float(metrics["loss"]))
-      correctness.append(float(metrics["top_k_correctness"]))
-      progress.update(metrics)
-      step_in_epoch = i + 1
-      if config.time_budget_s and train_time + time.perf_counter() - t_epoch > config.time_budget_s:
-        out_of_time = True
-        break
-    progress.close()
-    epoch_train_time = time.perf_counter() - t_epoch
-    train_time += epoch_train_time
-    steps_done = len(losses)
-    if step_in_epoch >= steps_per_epoch:
-      epoch, step_in_epoch = epoch + 1, 0
-    t_eval = time.perf_counter()
-    val_acc = knn_accuracy(state, splits.val_images, splits.val_labels)
-    eval_time = time.perf_counter() - t_eval
-    improved = val_acc > best_acc
-    if improved:
-      best_acc, best_epoch = val_acc, epoch
-      # A copy: train_step donates the state's buffers.
-      best_state = jax.tree_util.tree_map(jnp.copy, state)
-      _save(workdir / BEST, _checkpoint(state, epoch=epoch, val_accuracy=val_acc))
-    _save(
-      workdir / LATEST,
-      _checkpoint(
-        state,
-        epoch=epoch,
-        step_in_epoch=step_in_epoch,
-        best_acc=best_acc,
-        best_epoch=best_epoch,
-        train_time=train_time,
-      ),
-    )
-    entry = {
-      "epoch": epoch if step_in_epoch == 0 else epoch + step_in_epoch / steps_per_epoch,
-      "step": int(state.step),
-      "train_loss": float(np.mean(losses)) if losses else None,
-      "train_top_k_correctness": float(np.mean(correctness)) if correctness else None,
-      "val_accuracy": val_acc,
-      "steps_per_s": round(steps_done / epoch_train_time, 3) if steps_done else None,
-      "train_time_s": round(train_time, 2),
-      "eval_time_s": round(eval_time, 2),
-      "best": improved,
-    }
-    record(entry)
-    log(
-      f"epoch {entry['epoch']:.2f}: loss {entry['train_loss'] or float('nan'):.4f}, "
-      f"top-k correctness {entry['train_top_k_correctness'] or float('nan'):.4f}, "
-      f"val acc {val_acc:.4f}{' (best)' if improved else ''}, train time {train_time:.0f}s, "
-      f"eval {eval_time:.1f}s"
-    )
+      t_loop = time.perf_counter()
+      try:
+        for i, (qi, ni) in enumerate(epoch_batches(num_train, config, position.epoch)):
+          if i < position.step_in_epoch:
+            continue
+          batch = {
+            "query_images": splits.train_images[qi],
+            "query_labels": splits.train_labels[qi],
+            "neighbor_images": splits.train_images[ni],
+            "neighbor_labels": splits.train_labels[ni],
+          }
+          batch = sharding.shard_batch(batch, mesh)
+          key = jax.random.fold_in(noise_key, position.epoch * steps_per_epoch + i)
+          state, metrics = train_step_jit(
+            state,
+            batch,
+            key,
+            tau,
+            k=config.k,
+            num_samples=config.num_samples,
+            estimator=config.estimator,
+            separate_passes=separate_passes,
+          )
+          metrics = jax.device_get(metrics)
+          losses.append(float(metrics["loss"]))
+          correctness.append(float(metrics["top_k_correctness"]))
+          progress.update(metrics)
+          position.step_in_epoch = i + 1
+          step = int(state.step)
+          if step % _LOG_EVERY_STEPS == 0:
+            writer.scalars(step, {"train/loss": float(np.mean(losses[-_LOG_EVERY_STEPS:]))})
+          loop_time = time.perf_counter() - t_loop
+          if stop:
+            break
+          if config.time_budget_s and position.train_time_s + loop_time > config.time_budget_s:
+            out_of_time = True
+            break
+          if every and position.step_in_epoch % every == 0 and i + 1 < steps_per_epoch:
+            save_latest(state, train_time_s=position.train_time_s + loop_time)
+      finally:
+        progress.close()
+      loop_time = time.perf_counter() - t_loop
+      position.train_time_s += loop_time
+      if stop:
+        save_latest(state)
+        raise stopping.TrainingInterrupted(
+          stop.signum, position.epoch + 1, position.step_in_epoch, steps_per_epoch
+        )
+      if position.step_in_epoch >= steps_per_epoch:
+        position.epoch, position.step_in_epoch = position.epoch + 1, 0
+      epochs_done = position.epochs_done(steps_per_epoch)
+      step = int(state.step)
+      t_eval = time.perf_counter()
+      val_acc = knn_accuracy(state, splits.val_images, splits.val_labels)
+      eval_time = time.perf_counter() - t_eval
+      improved = position.best_val_accuracy is None or val_acc > position.best_val_accuracy
+      if improved:
+        position.best_val_accuracy, position.best_epoch, position.best_step = (
+          val_acc,
+          epochs_done,
+          step,
+        )
+        checkpoints.save_best(state, {"epoch": epochs_done, "val_accuracy": val_acc})
+      steps_done = len(losses)
+      entry = {
+        "epoch": epochs_done,
+        "step": step,
+        "train_loss": float(np.mean(losses)) if losses else None,
+        "train_top_k_correctness": float(np.mean(correctness)) if correctness else None,
+        "val_accuracy": val_acc,
+        "steps_per_s": round(steps_done / loop_time, 3) if steps_done else None,
+        "train_time_s": round(position.train_time_s, 2),
+        "wall_time_s": round(wall_time(), 2),
+        "eval_time_s": round(eval_time, 2),
+        "best": improved,
+      }
+      writer.record(entry)
+      writer.scalars(
+        step,
+        {
+          "epoch/train_loss": entry["train_loss"],
+          "epoch/train_top_k_correctness": entry["train_top_k_correctness"],
+          "epoch/val_accuracy": val_acc,
+          "epoch/steps_per_s": entry["steps_per_s"],
+        },
+      )
+      save_latest(state)
+      log(
+        f"epoch {epochs_done:.2f}: loss {_fmt(entry['train_loss'])}, "
+        f"top-k correctness {_fmt(entry['train_top_k_correctness'])}, "
+        f"val acc {val_acc:.4f}{' (best)' if improved else ''}, "
+        f"train time {position.train_time_s:.0f}s, eval {eval_time:.1f}s"
+      )
+      if stop:  # the signal came during the validation: the epoch's end is saved
+        raise stopping.TrainingInterrupted(
+          stop.signum, position.epoch, steps_per_epoch, steps_per_epoch
+        )
 
-  if best_state is None:  # the best epoch predates this (resumed) process
-    best_state = sharding.replicate(restore_checkpoint(state, workdir / BEST)[0], mesh)
-  test_acc = knn_accuracy(best_state, splits.test_images, splits.test_labels)
-  summary = {
-    "final": True,
-    "dataset": config.dataset,
-    "best_val_accuracy": best_acc,
-    "best_epoch": best_epoch,
-    "test_accuracy": test_acc,
-    "train_time_s": round(train_time, 1),
-    "wall_time_s": round(time.perf_counter() - t_start, 1),
-    "stopped_by_time_budget": out_of_time,
-    "config": dataclasses.asdict(config),
-    "backend": jax.default_backend(),
-    "steps": int(state.step),
-  }
-  record(summary)
-  log(f"test accuracy of the best-validation checkpoint (epoch {best_epoch}): {test_acc:.4f}")
+    best = checkpoints.restore_best(state)
+    test_acc = None
+    if best is None:
+      log("the run stopped before its first validation: no best checkpoint, no test accuracy")
+    else:
+      test_acc = knn_accuracy(best[0], splits.test_images, splits.test_labels)
+    summary = {
+      "final": True,
+      "dataset": config.dataset,
+      "best_val_accuracy": position.best_val_accuracy,
+      "best_epoch": position.best_epoch,
+      "best_step": position.best_step,
+      "test_accuracy": test_acc,
+      "epochs_done": position.epochs_done(steps_per_epoch),
+      "steps": int(state.step),
+      "train_time_s": round(position.train_time_s, 1),
+      "wall_time_s": round(wall_time(), 1),
+      "stopped_by_time_budget": out_of_time,
+      "config": dataclasses.asdict(config),
+      "backend": jax.default_backend(),
+      "devices": mesh.size,
+    }
+    writer.record(summary)
+    if test_acc is not None:
+      writer.scalars(summary["steps"], {"test/accuracy": test_acc})
+      stopped = " (stopped by the time budget)" if out_of_time else ""
+      log(
+        f"test accuracy of the best-validation checkpoint (epoch {position.best_epoch:.2f}, "
+        f"step {position.best_step}){stopped}: {test_acc:.4f}"
+      )
   return summary
+
+
+def _fmt(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.4f}"

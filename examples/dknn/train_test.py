@@ -1,105 +1,289 @@
-"""End-to-end dKNN training: digits accuracy, exact resume, the example's CLI on MNIST."""
+"""End-to-end dKNN training: digits accuracy, exact resumes, interruption, the example's CLI."""
 
 import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import signal
+import struct
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from tensorboardX.proto import event_pb2
 
-from dknn import configs
+from dknn import checkpoints, configs, metric_writers, stopping
 from dknn import train as training
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-DIGITS = dataclasses.replace(configs.digits(), progress=False)
+SCRIPT = REPO / "examples" / "train_mnist.py"
+# Two epochs of 23 steps; a periodic checkpoint every 5 steps.
+DIGITS = dataclasses.replace(
+  configs.digits(), num_epochs=2, progress=False, checkpoint_every_steps=5
+)
+DIGITS_FLAGS = [
+  *("--config", "digits", "--epochs", "2", "--checkpoint_every", "5"),
+  *("--no_progress", "--host_devices", "1"),
+]
 
 
-def _records(workdir):
-  return [json.loads(line) for line in (workdir / training.METRICS).read_text().splitlines()]
+def _quiet(_):
+  pass
 
 
-def _params(workdir, name=training.LATEST):
-  from flax import serialization
+def _checkpoint(workdir, kind="latest"):
+  """(step, parameter leaves) of a run's newest checkpoint, read with Orbax directly."""
+  directory = workdir / checkpoints.CHECKPOINTS / kind
+  step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  path = directory / str(step) / "state"
+  reader = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree_util.tree_map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), reader.metadata(path).item_metadata.tree
+  )
+  tree = reader.restore(path, restore_args=as_numpy)
+  return step, [np.asarray(x) for x in jax.tree_util.tree_leaves(tree["params"])]
 
-  payload = serialization.msgpack_restore((workdir / name).read_bytes())
-  return jax.tree_util.tree_leaves(payload["state"]["params"])
+
+def _assert_same_params(a, b):
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_array_equal(x, y)
 
 
-def test_digits_end_to_end_reaches_accuracy(tmp_path):
-  summary = training.train_and_evaluate(DIGITS, tmp_path, log=lambda _: None)
+def _tensorboard_scalars(workdir):
+  """{tag: [(step, value)]} from the TFRecord-framed event files (no TensorBoard needed)."""
+  scalars = {}
+  for path in sorted((workdir / metric_writers.TENSORBOARD).iterdir()):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """An uninterrupted digits run: (workdir, summary)."""
+  workdir = tmp_path_factory.mktemp("straight")
+  return workdir, training.train_and_evaluate(DIGITS, workdir, log=_quiet)
+
+
+def test_digits_end_to_end_reaches_accuracy(straight):
+  workdir, summary = straight
   # An untrained ConvNet's kNN already does well on digits; training must reach 95 %.
   assert summary["test_accuracy"] >= 0.95
-  records = _records(tmp_path)
-  assert [r["epoch"] for r in records[:-1]] == [1, 2, 3]
+  records = metric_writers.read_records(workdir)
+  assert [r["epoch"] for r in records[:-1]] == [1, 2]
   assert records[-1]["final"] and records[-1]["test_accuracy"] == summary["test_accuracy"]
   assert records[0]["train_top_k_correctness"] < records[-2]["train_top_k_correctness"]
+  assert summary["train_time_s"] <= summary["wall_time_s"]
+  assert summary["best_step"] == _checkpoint(workdir, "best")[0]
+  assert _checkpoint(workdir)[0] == summary["steps"] == 2 * 23
 
 
-def test_resume_after_interruption_is_exact(tmp_path):
-  straight = tmp_path / "straight"
-  training.train_and_evaluate(DIGITS, straight, log=lambda _: None)
-  interrupted = tmp_path / "interrupted"
-  # Stop mid-run (the budget is hit inside epoch 1), then resume without a budget.
-  cut = dataclasses.replace(DIGITS, time_budget_s=1e-3)
-  first = training.train_and_evaluate(cut, interrupted, log=lambda _: None)
-  assert first["stopped_by_time_budget"] and first["steps"] < 3 * 24
-  training.train_and_evaluate(DIGITS, interrupted, resume=True, log=lambda _: None)
-  for a, b in zip(_params(straight), _params(interrupted), strict=True):
-    np.testing.assert_array_equal(a, b)
+def test_tensorboard_events_hold_the_curves(straight):
+  workdir, summary = straight
+  scalars = _tensorboard_scalars(workdir)
+  records = metric_writers.read_records(workdir)
+  assert [step for step, _ in scalars["epoch/val_accuracy"]] == [23, 46]
+  np.testing.assert_allclose(
+    [v for _, v in scalars["epoch/val_accuracy"]], [r["val_accuracy"] for r in records[:-1]]
+  )
+  assert [step for step, _ in scalars["train/loss"]] == [20, 40]
+  assert scalars["test/accuracy"] == [(46, pytest.approx(summary["test_accuracy"]))]
 
 
-@pytest.mark.slow
-def test_example_cli_on_mnist_subset_writes_metrics_checkpoints_and_resumes(tmp_path):
+def test_resume_after_a_crash_continues_exactly_from_the_periodic_checkpoint(
+  straight, tmp_path, monkeypatch
+):
+  calls = 0
+  real_step = training.train_step_jit
+
+  def crashing_step(*args, **kwargs):
+    nonlocal calls
+    calls += 1
+    if calls == 31:  # epoch 2, step 8: as if killed; the last periodic save is step 5
+      raise RuntimeError("killed")
+    return real_step(*args, **kwargs)
+
+  monkeypatch.setattr(training, "train_step_jit", crashing_step)
+  with pytest.raises(RuntimeError, match="killed"):
+    training.train_and_evaluate(DIGITS, tmp_path, log=_quiet)
+  monkeypatch.setattr(training, "train_step_jit", real_step)
+  assert _checkpoint(tmp_path)[0] == 23 + 5
+  lines = []
+  summary = training.train_and_evaluate(DIGITS, tmp_path, resume=True, log=lines.append)
+  assert any("resumed at epoch 2, step 5 of 23" in line for line in lines)
+  _assert_same_params(_checkpoint(tmp_path)[1], _checkpoint(straight[0])[1])
+  assert summary["test_accuracy"] == straight[1]["test_accuracy"]
+  records = metric_writers.read_records(tmp_path)
+  assert [r.get("epoch") for r in records] == [1, 2, None] and records[-1]["final"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_the_step_and_resume_is_exact(straight, tmp_path, signum):
+  lines = []
+
+  def log(line):
+    lines.append(line)
+    if line.startswith("devices:"):  # before the first step: it finishes, then stops
+      signal.raise_signal(signum)
+
+  with pytest.raises(stopping.TrainingInterrupted) as stop:
+    training.train_and_evaluate(DIGITS, tmp_path, resume=True, log=log)
+  assert lines[0] == f"no checkpoint in {tmp_path}: starting a new run"
+  assert (stop.value.epoch, stop.value.step, stop.value.exit_code) == (1, 1, 128 + signum)
+  assert "interrupted at epoch 1, step 1 of 23; rerun with --resume" in str(stop.value)
+  assert _checkpoint(tmp_path)[0] == 1
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  summary = training.train_and_evaluate(DIGITS, tmp_path, resume=True, log=_quiet)
+  _assert_same_params(_checkpoint(tmp_path)[1], _checkpoint(straight[0])[1])
+  assert summary["test_accuracy"] == straight[1]["test_accuracy"]
+  assert summary["train_time_s"] <= summary["wall_time_s"]
+
+
+def test_the_second_signal_is_not_caught():
+  with stopping.handle_signals() as stop:
+    assert not stop
+    signal.raise_signal(signal.SIGINT)
+    assert stop.signum == signal.SIGINT
+    # The operating system's action again: a second Ctrl-C ends the process at once.
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_extending_a_finished_run_supersedes_its_final_record(straight, tmp_path):
   workdir = tmp_path / "run"
-  base = [
-    sys.executable,
-    str(REPO / "examples" / "train_mnist.py"),
-    "--max_train_examples",
-    "1000",
-    "--max_test_examples",
-    "500",
-    "--validation_size",
-    "300",
-    "--workdir",
-    str(workdir),
-    "--no_progress",
-    "--time_budget_min",
-    "0",
+  shutil.copytree(straight[0], workdir)
+  longer = dataclasses.replace(DIGITS, num_epochs=3)
+  summary = training.train_and_evaluate(longer, workdir, resume=True, log=_quiet)
+  records = metric_writers.read_records(workdir)
+  assert [r.get("epoch") for r in records] == [1, 2, 3, None]
+  assert [r for r in records if r.get("final")] == [json.loads(json.dumps(summary))]
+  assert summary["steps"] == 3 * 23 and summary["train_time_s"] <= summary["wall_time_s"]
+
+
+def test_resume_with_a_changed_field_names_it_and_changes_nothing(straight):
+  workdir, _ = straight
+  before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+  changed = dataclasses.replace(DIGITS, k=5, seed=3, num_epochs=7, time_budget_s=60.0)
+  with pytest.raises(checkpoints.ConfigMismatchError) as err:
+    training.train_and_evaluate(changed, workdir, resume=True, log=_quiet)
+  message = str(err.value)
+  assert "k: saved 9, now 5" in message and "seed: saved 0, now 3" in message
+  assert "num_epochs" not in message and "time_budget_s" not in message
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+  ("change", "fields"),
+  [
+    (dict(dataset="mnist"), ["dataset"]),
+    (dict(tau=0.5, estimator="simple"), ["estimator", "tau"]),
+    (dict(num_queries=25, learning_rate=0.01), ["learning_rate", "num_queries"]),
+    (dict(num_epochs=9, time_budget_s=5.0, num_devices=2, progress=True), []),
+  ],
+)
+def test_config_differences(change, fields):
+  saved = dataclasses.asdict(DIGITS)
+  found = checkpoints.config_differences(saved, dataclasses.replace(DIGITS, **change))
+  assert [line.split(":")[0] for line in found] == fields
+
+
+def test_cosine_schedule_fixes_the_epoch_count():
+  cosine = dataclasses.replace(DIGITS, lr_schedule="cosine")
+  found = checkpoints.config_differences(
+    dataclasses.asdict(cosine), dataclasses.replace(cosine, num_epochs=4)
+  )
+  assert found == ["num_epochs: saved 2, now 4"]
+
+
+def _start(args, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, text=True, **kwargs)
+
+
+def test_ctrl_c_on_the_example_saves_and_resume_matches_an_uninterrupted_run(straight, tmp_path):
+  flags = [*DIGITS_FLAGS, "--workdir", str(tmp_path)]
+  run = _start(flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  for line in run.stdout:
+    if line.startswith("devices:"):
+      run.send_signal(signal.SIGINT)
+      break
+  _, stderr = run.communicate(timeout=300)
+  assert run.returncode == 130, stderr
+  assert "Traceback" not in stderr
+  (message,) = [line for line in stderr.splitlines() if "interrupted" in line]
+  assert message.startswith("SIGINT: interrupted at epoch 1, step ")
+  assert message.endswith("; rerun with --resume")
+  step = int(message.split("step ")[1].split(" ")[0])
+  assert 1 <= step < 23 and _checkpoint(tmp_path)[0] == step
+  resumed = subprocess.run(
+    [sys.executable, str(SCRIPT), *flags, "--resume"], capture_output=True, text=True, timeout=300
+  )
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"resumed at epoch 1, step {step} of 23" in resumed.stdout
+  _assert_same_params(_checkpoint(tmp_path)[1], _checkpoint(straight[0])[1])
+  assert (
+    json.loads(resumed.stdout.splitlines()[-1])["test_accuracy"] == straight[1]["test_accuracy"]
+  )
+
+
+def test_the_example_rejects_a_resume_with_a_changed_field(straight):
+  run = subprocess.run(
+    [
+      sys.executable,
+      str(SCRIPT),
+      *DIGITS_FLAGS,
+      "--workdir",
+      str(straight[0]),
+      "--resume",
+      "--tau",
+      "4",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert run.returncode == 2
+  assert run.stderr.startswith("error: cannot resume the run in ")
+  assert "tau: saved 1.0, now 4.0" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_example_cli_on_an_mnist_subset_data_parallel(tmp_path):
+  workdir = tmp_path / "run"
+  flags = [
+    *("--max_train_examples", "1000", "--max_test_examples", "500", "--validation_size", "300"),
+    *("--epochs", "1", "--time_budget_min", "0", "--no_progress", "--workdir", str(workdir)),
   ]
-  run = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, timeout=600)
+  run = subprocess.run(
+    [sys.executable, str(SCRIPT), *flags], capture_output=True, text=True, timeout=600
+  )
   assert run.returncode == 0, run.stderr
+  assert "data: idx:" in run.stdout and "train 1000, validation 300, test 500" in run.stdout
   assert "val acc" in run.stdout and "test accuracy" in run.stdout
-  assert (workdir / training.BEST).exists() and (workdir / training.LATEST).exists()
-  first = _records(workdir)
-  assert first[-1]["final"] and first[-1]["test_accuracy"] > 0.5
+  records = metric_writers.read_records(workdir)
+  assert [r.get("epoch") for r in records] == [1, None]
+  assert records[-1]["final"] and records[-1]["test_accuracy"] > 0.5
+  assert _checkpoint(workdir, "best")[0] == _checkpoint(workdir)[0] == 10
   # Without --host_devices the script takes one CPU device per core (at most 8) and the
   # mesh the most of them that divide the batch of 100.
   cores = min(len(os.sched_getaffinity(0)), 8)
   expected = max(d for d in range(1, cores + 1) if 100 % d == 0)
-  assert f"devices: {expected} x cpu" in run.stdout
-  # Resume on 2 host devices (jax_num_cpu_devices): data-parallel, the same run continued.
-  run = subprocess.run(
-    [*base, "--epochs", "2", "--resume", "--host_devices", "2"],
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert run.returncode == 0, run.stderr
-  assert "resumed from" in run.stdout and "devices: 2 x cpu" in run.stdout
-  epochs = [r["epoch"] for r in _records(workdir) if "epoch" in r]
-  assert epochs == [1, 2]
+  assert f"devices: {expected} x cpu" in run.stdout and records[-1]["devices"] == expected
 
 
 def test_example_help_lists_flags():
   run = subprocess.run(
-    [sys.executable, str(REPO / "examples" / "train_mnist.py"), "--help"],
-    capture_output=True,
-    text=True,
-    timeout=120,
+    [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120
   )
   assert run.returncode == 0
   for flag in (
@@ -118,6 +302,7 @@ def test_example_help_lists_flags():
     "--time_budget_min",
     "--config",
     "--host_devices",
+    "--checkpoint_every",
   ):
     assert flag in run.stdout
 

@@ -62,6 +62,9 @@ def as_array(x, name: str) -> jax.Array:
     raise TypeError(f"{name} must be an array; got {type(x).__name__} ({err}).") from None
   if host.dtype == object:
     raise TypeError(f"{name} must be a numeric array; got {type(x).__name__} of mixed types.")
+  if host.dtype.kind not in "biufc":
+    kind = type(x).__name__
+    raise TypeError(f"{name} must be a numeric array; got {kind} of dtype {host.dtype}.")
   return jnp.asarray(host)
 
 
