@@ -1,0 +1,281 @@
+"""dKNN test accuracy over seeds: the estimators side by side under the reference protocol.
+
+Runs named studies of `examples/train_mnist.py` (each a set of flags) for several seeds, each
+run in its own work directory, and writes a table (Markdown and JSON) with, per study: mean
+and standard deviation of the test accuracy of the best-validation checkpoint, the best
+validation accuracy, epochs, training and wall time, hardware; and a plot of validation
+accuracy against epochs (mean and range over seeds).
+
+The sweep resumes where it stopped: a run whose result is in the JSON table is skipped; an
+interrupted run continues from its checkpoint (`--resume`). `--studies` runs some studies
+only, so a long sweep can be split across sessions; `--report` rewrites table and plot from
+the JSON alone.
+
+  python -m benchmarks.dknn_accuracy --studies relaxed --seeds 3
+  python -m benchmarks.dknn_accuracy --studies tau_grid        # one seed per tau
+  python -m benchmarks.dknn_accuracy --studies best_tau        # the grid's best, 3 seeds
+  python -m benchmarks.dknn_accuracy --smoke --root /tmp/smoke --table /tmp/smoke/table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks import common
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = "examples/train_mnist.py"
+# Every run: the whole epoch count whatever the machine's speed, no progress bar.
+COMMON_FLAGS = ("--time_budget_min", "0", "--no_progress")
+SMOKE_FLAGS = ("--config", "digits", "--epochs", "1")
+TAU_GRID = (0.1, 1.0, 4.0, 16.0)
+
+# Study name -> (description, flags). `best_tau` resolves to a grid study once the grid ran.
+STUDIES = {
+  "relaxed": ("relaxed, tau = 1 (the reference)", ()),
+  **{
+    f"relaxed_tau{tau:g}": (f"relaxed, tau = {tau:g}", ("--tau", f"{tau:g}"))
+    for tau in TAU_GRID
+    if tau != 1.0
+  },
+  "straight_through": ("straight-through, tau = 1", ("--estimator", "straight_through")),
+  "simple": ("SIMPLE, tau = 1", ("--estimator", "simple")),
+  "long": ("relaxed, 40 epochs, lr 3e-3 cosine, 5 draws", ("--config", "long")),
+}
+GRID = ["relaxed" if tau == 1.0 else f"relaxed_tau{tau:g}" for tau in TAU_GRID]
+ESTIMATORS = ("relaxed", "straight_through", "simple")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--studies",
+    nargs="+",
+    default=["relaxed", "straight_through", "simple"],
+    help=f"studies to run: {', '.join(STUDIES)}; tau_grid (seed 0 of each tau in "
+    f"{TAU_GRID}); best_tau (the grid's best tau on validation)",
+  )
+  p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per study (grid: seed 0)")
+  p.add_argument("--root", default="runs/dknn_accuracy", help="work directories of the runs")
+  p.add_argument(
+    "--table",
+    default="docs/results/dknn_accuracy",
+    help="writes TABLE.json, TABLE.md and TABLE.png",
+  )
+  p.add_argument("--smoke", action="store_true", help="digits, one epoch: a check of the sweep")
+  p.add_argument("--report", action="store_true", help="only rewrite the table from its JSON")
+  p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+  return p.parse_args(argv)
+
+
+def load(table: pathlib.Path) -> dict:
+  path = table.with_suffix(".json")
+  if path.exists():
+    return json.loads(path.read_text())
+  return {"runs": {}}
+
+
+def save(table: pathlib.Path, results: dict) -> None:
+  table.parent.mkdir(parents=True, exist_ok=True)
+  tmp = table.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(results, indent=1) + "\n")
+  tmp.replace(table.with_suffix(".json"))
+
+
+def best_tau_study(results: dict) -> str | None:
+  """The grid study with the highest seed-0 best validation accuracy (None before the grid)."""
+  scores = {}
+  for name in GRID:
+    run = results["runs"].get(f"{name}/seed0")
+    if run is None:
+      return None
+    scores[name] = run["best_val_accuracy"]
+  return max(scores, key=scores.get)
+
+
+def planned_runs(studies: list[str], seeds: int, results: dict) -> list[tuple[str, int]]:
+  runs = []
+  for study in studies:
+    if study == "tau_grid":
+      runs += [(name, 0) for name in GRID]
+    elif study == "best_tau":
+      best = best_tau_study(results)
+      if best is None:
+        raise SystemExit("best_tau needs the tau grid's results first: run --studies tau_grid")
+      runs += [(best, seed) for seed in range(seeds)]
+    elif study in STUDIES:
+      runs += [(study, seed) for seed in range(seeds)]
+    else:
+      raise SystemExit(f"unknown study {study!r}; known: {', '.join(STUDIES)}, tau_grid, best_tau")
+  return list(dict.fromkeys(runs))
+
+
+def command(study: str, seed: int, workdir: pathlib.Path, smoke: bool) -> list[str]:
+  base = SMOKE_FLAGS if smoke else ()
+  flags = [*base, *STUDIES[study][1], *COMMON_FLAGS, "--seed", str(seed)]
+  return [sys.executable, SCRIPT, *flags, "--workdir", str(workdir)]
+
+
+def printable(cmd: list[str]) -> str:
+  """The command as a user types it: `python` and paths relative to the repository."""
+  return shlex.join(["python", *cmd[1:]])
+
+
+def run_one(study, seed, root, smoke, results) -> dict:
+  workdir = root / study / f"seed{seed}"
+  cmd = command(study, seed, workdir, smoke)
+  # Resume an interrupted run; with no checkpoint the script starts a new one.
+  completed = subprocess.run([*cmd, "--resume"], cwd=REPO)
+  if completed.returncode != 0:
+    raise SystemExit(completed.returncode)
+  records = [
+    json.loads(line) for line in (REPO / workdir / "metrics.jsonl").read_text().splitlines()
+  ]
+  final = records[-1]
+  machine = results.setdefault("machine", {})
+  return {
+    "study": study,
+    "seed": seed,
+    "command": printable(cmd),
+    "test_accuracy": final["test_accuracy"],
+    "best_val_accuracy": final["best_val_accuracy"],
+    "best_epoch": final["best_epoch"],
+    "epochs": final["epochs_done"],
+    "train_time_s": final["train_time_s"],
+    "wall_time_s": final["wall_time_s"],
+    "val_curve": [[r["epoch"], r["val_accuracy"]] for r in records if not r.get("final")],
+    "hardware": machine.get("hardware"),
+    "date": time.strftime("%Y-%m-%d"),
+  }
+
+
+def _mean_sd(values):
+  mean = statistics.fmean(values)
+  return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: dict) -> list[dict]:
+  """One row per study with results, in the order of STUDIES."""
+  best = best_tau_study(results)
+  rows = []
+  for study, (description, _) in STUDIES.items():
+    runs = sorted(
+      (r for r in results["runs"].values() if r["study"] == study), key=lambda r: r["seed"]
+    )
+    if not runs:
+      continue
+    test_mean, test_sd = _mean_sd([100 * r["test_accuracy"] for r in runs])
+    note = " (best tau of the grid on validation)" if study == best and study != "relaxed" else ""
+    rows.append(
+      {
+        "study": study,
+        "description": description + note,
+        "command": runs[0]["command"].replace(" --seed 0", " --seed S"),
+        "seeds": [r["seed"] for r in runs],
+        "test_accuracy_mean": test_mean,
+        "test_accuracy_sd": test_sd,
+        "best_val_accuracy_mean": statistics.fmean(100 * r["best_val_accuracy"] for r in runs),
+        "epochs": statistics.fmean(r["epochs"] for r in runs),
+        "train_time_min": statistics.fmean(r["train_time_s"] for r in runs) / 60,
+        "wall_time_min": statistics.fmean(r["wall_time_s"] for r in runs) / 60,
+        "hardware": runs[0]["hardware"],
+        "dates": sorted({r["date"] for r in runs}),
+      }
+    )
+  return rows
+
+
+def markdown(rows: list[dict], best: str | None) -> str:
+  lines = [
+    "| configuration | command | seeds | test accuracy, mean ± sd | best validation, mean | "
+    "epochs | training time, mean | wall time, mean | hardware |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    lines.append(
+      f"| {r['description']} | `{r['command']}` | {len(r['seeds'])} | "
+      f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_sd']:.2f} % | "
+      f"{r['best_val_accuracy_mean']:.2f} % | {r['epochs']:g} | {r['train_time_min']:.1f} min | "
+      f"{r['wall_time_min']:.1f} min | {r['hardware']}, {', '.join(r['dates'])} |"
+    )
+  if best is not None:
+    lines.append("")
+    lines.append(
+      f"The tau grid {{{', '.join(f'{t:g}' for t in TAU_GRID)}}} ran seed 0 of each; the best "
+      f"validation accuracy chose `{best}`."
+    )
+  return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: pathlib.Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  fig, ax = plt.subplots(figsize=(6.4, 4))
+  for study in [*ESTIMATORS, best_tau_study(results)]:
+    runs = [r for r in results["runs"].values() if r["study"] == study]
+    if study is None or not runs:
+      continue
+    epochs = [e for e, _ in runs[0]["val_curve"]]
+    curves = np.array([[100 * v for _, v in r["val_curve"][: len(epochs)]] for r in runs])
+    ax.plot(epochs, curves.mean(0), label=f"{STUDIES[study][0]} ({len(runs)} seeds)")
+    ax.fill_between(epochs, curves.min(0), curves.max(0), alpha=0.2)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("validation accuracy (%)")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(table: pathlib.Path, results: dict) -> None:
+  rows = summarise(results)
+  results["summary"] = rows
+  save(table, results)
+  table.with_suffix(".md").write_text(markdown(rows, best_tau_study(results)))
+  if rows:
+    plot(results, table.with_suffix(".png"))
+  print(table.with_suffix(".md").read_text())
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  table = REPO / args.table  # relative paths are relative to the repository
+  results = load(table)
+  if not args.report:
+    hardware = common.machine()
+    results["machine"] = {
+      "hardware": f"{os.cpu_count()}-core {hardware['cpu']}, JAX {hardware['jax']}",
+    }
+    root = pathlib.Path(args.root)  # as given: the printed commands run from the repository
+    for study, seed in planned_runs(args.studies, args.seeds, results):
+      key = f"{study}/seed{seed}"
+      if key in results["runs"]:
+        print(f"{key}: done ({results['runs'][key]['test_accuracy']:.4f})", flush=True)
+        continue
+      cmd = command(study, seed, root / study / f"seed{seed}", args.smoke)
+      print(f"{key}: {printable(cmd)}", flush=True)
+      if args.dry_run:
+        continue
+      results["runs"][key] = run_one(study, seed, root, args.smoke, results)
+      save(table, results)
+  report(table, results)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

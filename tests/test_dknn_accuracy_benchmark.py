@@ -1,0 +1,48 @@
+"""The accuracy sweep's smoke run: digits, one epoch, two seeds; then a resume."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _sweep(tmp_path, *flags):
+  return subprocess.run(
+    [
+      *(sys.executable, "-m", "benchmarks.dknn_accuracy", "--smoke", "--seeds", "2"),
+      *("--studies", "simple", "--root", str(tmp_path / "runs")),
+      *("--table", str(tmp_path / "table"), *flags),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+
+
+def test_smoke_sweep_writes_the_table_and_resumes(tmp_path):
+  run = _sweep(tmp_path)
+  assert run.returncode == 0, run.stderr[-3000:]
+  results = json.loads((tmp_path / "table.json").read_text())
+  assert sorted(results["runs"]) == ["simple/seed0", "simple/seed1"]
+  for key, entry in results["runs"].items():
+    # Each entry is the run's own final record, read back from its work directory.
+    metrics = tmp_path / "runs" / key / "metrics.jsonl"
+    final = json.loads(metrics.read_text().splitlines()[-1])
+    assert entry["test_accuracy"] == final["test_accuracy"] and final["epochs_done"] == 1
+    assert entry["command"].startswith("python examples/train_mnist.py --config digits")
+  rows = {row["study"]: row for row in results["summary"]}
+  accuracies = [results["runs"][f"simple/seed{s}"]["test_accuracy"] * 100 for s in (0, 1)]
+  assert abs(rows["simple"]["test_accuracy_mean"] - sum(accuracies) / 2) < 1e-9
+  sd = abs(accuracies[0] - accuracies[1]) / 2**0.5
+  assert abs(rows["simple"]["test_accuracy_sd"] - sd) < 1e-9
+  lines = (tmp_path / "table.md").read_text().splitlines()
+  (row,) = lines[2:]
+  assert row.startswith("| SIMPLE, tau = 1 | `python examples/train_mnist.py --config digits")
+  assert f"| 2 | {sum(accuracies) / 2:.2f} ± {sd:.2f} % |" in row
+  assert (tmp_path / "table.png").stat().st_size > 1000
+  # A second call finds every run done and trains nothing.
+  again = _sweep(tmp_path)
+  assert again.returncode == 0 and again.stdout.count(": done (") == 2
