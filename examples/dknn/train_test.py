@@ -149,6 +149,18 @@ def test_signal_saves_the_step_and_resume_is_exact(straight, tmp_path, signum):
   assert summary["train_time_s"] <= summary["wall_time_s"]
 
 
+def test_a_time_budget_stop_inside_the_first_epoch_says_where_it_stopped(tmp_path):
+  lines = []
+  cut = dataclasses.replace(DIGITS, time_budget_s=1e-3)  # exceeded by the first step
+  summary = training.train_and_evaluate(cut, tmp_path, log=lines.append)
+  assert summary["stopped_by_time_budget"] and summary["steps"] == 1
+  assert summary["best_epoch"] == summary["epochs_done"] == 1 / 23 and summary["best_step"] == 1
+  assert "(epoch 0.04, step 1) (stopped by the time budget)" in lines[-1]
+  records = metric_writers.read_records(tmp_path)
+  assert [r.get("epoch") for r in records] == [1 / 23, None]
+  assert summary["train_time_s"] <= summary["wall_time_s"]
+
+
 def test_the_second_signal_is_not_caught():
   with stopping.handle_signals() as stop:
     assert not stop
