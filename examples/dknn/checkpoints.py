@@ -76,7 +76,7 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: pathlib.Path, *, fresh: bool):
-    self.root = workdir / CHECKPOINTS
+    self.root = (workdir / CHECKPOINTS).absolute()  # Orbax takes absolute paths only
     if fresh:
       if jax.process_index() == 0:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -224,8 +224,8 @@ def _start(args, **kwargs):
 
 
 def test_ctrl_c_on_the_example_saves_and_resume_matches_an_uninterrupted_run(straight, tmp_path):
-  flags = [*DIGITS_FLAGS, "--workdir", str(tmp_path)]
-  run = _start(flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  flags = [*DIGITS_FLAGS, "--workdir", "run"]  # relative to the working directory
+  run = _start(flags, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   for line in run.stdout:
     if line.startswith("devices:"):
       run.send_signal(signal.SIGINT)
@@ -237,13 +237,17 @@ def test_ctrl_c_on_the_example_saves_and_resume_matches_an_uninterrupted_run(str
   assert message.startswith("SIGINT: interrupted at epoch 1, step ")
   assert message.endswith("; rerun with --resume")
   step = int(message.split("step ")[1].split(" ")[0])
-  assert 1 <= step < 23 and _checkpoint(tmp_path)[0] == step
+  assert 1 <= step < 23 and _checkpoint(tmp_path / "run")[0] == step
   resumed = subprocess.run(
-    [sys.executable, str(SCRIPT), *flags, "--resume"], capture_output=True, text=True, timeout=300
+    [sys.executable, str(SCRIPT), *flags, "--resume"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert resumed.returncode == 0, resumed.stderr
   assert f"resumed at epoch 1, step {step} of 23" in resumed.stdout
-  _assert_same_params(_checkpoint(tmp_path)[1], _checkpoint(straight[0])[1])
+  _assert_same_params(_checkpoint(tmp_path / "run")[1], _checkpoint(straight[0])[1])
   assert (
     json.loads(resumed.stdout.splitlines()[-1])["test_accuracy"] == straight[1]["test_accuracy"]
   )
