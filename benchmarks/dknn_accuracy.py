@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import shlex
 import statistics
 import subprocess
@@ -37,6 +38,8 @@ SCRIPT = "examples/train_mnist.py"
 COMMON_FLAGS = ("--time_budget_min", "0", "--no_progress")
 SMOKE_FLAGS = ("--config", "digits", "--epochs", "1")
 TAU_GRID = (0.1, 1.0, 4.0, 16.0)
+DEFAULT_TABLE = "docs/results/dknn_accuracy"
+README_START, README_END = "<!-- dknn_accuracy table -->", "<!-- end of dknn_accuracy table -->"
 
 # Study name -> (description, flags). `best_tau` resolves to a grid study once the grid ran.
 STUDIES = {
@@ -69,8 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--root", default="runs/dknn_accuracy", help="work directories of the runs")
   p.add_argument(
     "--table",
-    default="docs/results/dknn_accuracy",
-    help="writes TABLE.json, TABLE.md and TABLE.png",
+    default=DEFAULT_TABLE,
+    help="writes TABLE.json, TABLE.md and TABLE.png (the default one also into README.md)",
   )
   p.add_argument("--smoke", action="store_true", help="digits, one epoch: a check of the sweep")
   p.add_argument("--report", action="store_true", help="only rewrite the table from its JSON")
@@ -180,7 +183,7 @@ def summarise(results: dict) -> list[dict]:
       {
         "study": study,
         "description": description + note,
-        "command": runs[0]["command"].replace(" --seed 0", " --seed S"),
+        "command": re.sub(r"(--seed |/seed)\d+", r"\1S", runs[0]["command"]),
         "seeds": [r["seed"] for r in runs],
         "test_accuracy_mean": test_mean,
         "test_accuracy_sd": test_sd,
@@ -195,6 +198,12 @@ def summarise(results: dict) -> list[dict]:
   return rows
 
 
+def _accuracy(row: dict) -> str:
+  if len(row["seeds"]) == 1:
+    return f"{row['test_accuracy_mean']:.2f} % (one seed)"
+  return f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_sd']:.2f} %"
+
+
 def markdown(rows: list[dict], best: str | None) -> str:
   lines = [
     "| configuration | command | seeds | test accuracy, mean ± sd | best validation, mean | "
@@ -204,7 +213,7 @@ def markdown(rows: list[dict], best: str | None) -> str:
   for r in rows:
     lines.append(
       f"| {r['description']} | `{r['command']}` | {len(r['seeds'])} | "
-      f"{r['test_accuracy_mean']:.2f} ± {r['test_accuracy_sd']:.2f} % | "
+      f"{_accuracy(r)} | "
       f"{r['best_val_accuracy_mean']:.2f} % | {r['epochs']:g} | {r['train_time_min']:.1f} min | "
       f"{r['wall_time_min']:.1f} min | {r['hardware']}, {', '.join(r['dates'])} |"
     )
@@ -231,10 +240,12 @@ def plot(results: dict, path: pathlib.Path) -> None:
       continue
     epochs = [e for e, _ in runs[0]["val_curve"]]
     curves = np.array([[100 * v for _, v in r["val_curve"][: len(epochs)]] for r in runs])
-    ax.plot(epochs, curves.mean(0), label=f"{STUDIES[study][0]} ({len(runs)} seeds)")
+    seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+    ax.plot(epochs, curves.mean(0), label=f"{STUDIES[study][0]} ({seeds})")
     ax.fill_between(epochs, curves.min(0), curves.max(0), alpha=0.2)
   ax.set_xlabel("epoch")
   ax.set_ylabel("validation accuracy (%)")
+  ax.set_title("dKNN on MNIST: validation accuracy, mean and range over seeds")
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -242,11 +253,22 @@ def plot(results: dict, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def update_readme(text: str) -> None:
+  """Puts the table between the README's markers."""
+  readme = REPO / "README.md"
+  content = readme.read_text()
+  start, end = content.index(README_START), content.index(README_END)
+  readme.write_text(content[: start + len(README_START)] + "\n" + text + content[end:])
+
+
 def report(table: pathlib.Path, results: dict) -> None:
   rows = summarise(results)
   results["summary"] = rows
   save(table, results)
-  table.with_suffix(".md").write_text(markdown(rows, best_tau_study(results)))
+  text = markdown(rows, best_tau_study(results))
+  table.with_suffix(".md").write_text(text)
+  if table == REPO / DEFAULT_TABLE:
+    update_readme(text)
   if rows:
     plot(results, table.with_suffix(".png"))
   print(table.with_suffix(".md").read_text())

@@ -1,8 +1,10 @@
 """The API reference lists every public name, and every docstring states the contract."""
 
 import inspect
+import json
 import pathlib
 import re
+import statistics
 
 import pytest
 
@@ -50,3 +52,22 @@ def test_docstring_states_the_contract(name):
   missing = [section for section in sections if section not in doc]
   assert not missing, f"{name}'s docstring lacks {missing}"
   assert not _TIMING.search(doc), f"{name}'s docstring quotes a timing or machine"
+
+
+def test_the_accuracy_table_agrees_with_its_runs_and_the_readme():
+  table = DOCS / "results" / "dknn_accuracy"
+  results = json.loads(table.with_suffix(".json").read_text())
+  text = table.with_suffix(".md").read_text()
+  readme = (DOCS.parent / "README.md").read_text()
+  start = readme.index("<!-- dknn_accuracy table -->\n") + len("<!-- dknn_accuracy table -->\n")
+  assert readme[start : readme.index("<!-- end of dknn_accuracy table -->")] == text
+  rows = text.splitlines()[2:]
+  for summary in results["summary"]:
+    runs = [r for r in results["runs"].values() if r["study"] == summary["study"]]
+    mean = statistics.fmean(100 * r["test_accuracy"] for r in runs)
+    matching = [r for r in rows if f"| {len(runs)} | {mean:.2f} " in r and summary["command"] in r]
+    assert len(matching) == 1, (summary["study"], rows)
+    for run in runs:  # every run's command is its row's with its seed
+      seed = str(run["seed"])
+      expected = summary["command"].replace("--seed S", "--seed " + seed)
+      assert run["command"] == expected.replace("/seedS", "/seed" + seed)
