@@ -52,6 +52,10 @@ STUDIES = {
   "straight_through": ("straight-through, tau = 1", ("--estimator", "straight_through")),
   "simple": ("SIMPLE, tau = 1", ("--estimator", "simple")),
   "long": ("relaxed, 40 epochs, lr 3e-3 cosine, 5 draws", ("--config", "long")),
+  "long_shift2": (
+    "relaxed, 40 epochs, lr 3e-3 cosine, 5 draws, shifts of up to 2 pixels",
+    ("--config", "long", "--augment_shift", "2"),
+  ),
 }
 GRID = ["relaxed" if tau == 1.0 else f"relaxed_tau{tau:g}" for tau in TAU_GRID]
 ESTIMATORS = ("relaxed", "straight_through", "simple")

@@ -33,6 +33,8 @@ _OVERRIDES = {
     "repository's data/, Debian's fashion-mnist path, then tensorflow-datasets",
   ),
   "k": ("k", "neighbours in the loss and in the kNN vote"),
+  "eval_k": ("eval_k", "neighbours in the evaluation's kNN vote (default: --k)"),
+  "augment_shift": ("augment_shift", "translate training images by up to this many pixels"),
   "tau": ("tau", "relaxation temperature"),
   "num_samples": ("num_samples", "draws averaged per step (vmapped)"),
   "estimator": ("estimator", "gradient estimator of the loss: relaxed, straight_through, simple"),

@@ -47,11 +47,13 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
   `num_epochs` may change unless the learning-rate schedule depends on it (cosine).
   """
   current = dataclasses.asdict(config)
+  # A field that a run's version did not have yet held its default.
+  saved = {**dataclasses.asdict(TrainConfig()), **saved}
   fixed = set(current) - RESUMABLE_FIELDS
   if config.lr_schedule == "cosine" or saved.get("lr_schedule") == "cosine":
     fixed.add("num_epochs")  # the cosine schedule spans num_epochs
   return [
-    f"{name}: saved {saved.get(name)!r}, now {current[name]!r}"
+    f"{name}: saved {saved.get(name, '<absent>')!r}, now {current.get(name, '<absent>')!r}"
     for name in sorted(fixed | (set(saved) - set(current)))
     if saved.get(name, "<absent>") != current.get(name, "<absent>")
   ]

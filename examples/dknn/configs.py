@@ -16,12 +16,14 @@ class TrainConfig:
   dataset: str = "mnist"  # "mnist", "fashion_mnist" or "digits"
   data_dir: str | None = None  # a directory with the four IDX files; None: the default routes
   k: int = 9  # neighbours in the loss and in the kNN vote
+  eval_k: int | None = None  # neighbours in the evaluation's kNN vote; None: k
   tau: float = 1.0  # relaxation temperature
   num_samples: int = 1  # Gumbel draws averaged per step (vmapped)
   estimator: str = "relaxed"  # "relaxed", "straight_through" or "simple" (sj.dknn_loss)
   learning_rate: float = 1e-3
   lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 over num_epochs)
   momentum: float = 0.9
+  augment_shift: int = 0  # training images translated by up to this many pixels; 0: none
   weight_decay: float = 5e-4  # coupled, added to the gradient before momentum (as PyTorch)
   num_epochs: int = 20
   num_queries: int = 100  # queries per step

@@ -244,6 +244,19 @@ def epoch_length(num_train: int, config: TrainConfig) -> int:
   return num_train // max(config.num_queries, config.num_neighbors)
 
 
+def random_shifts(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+  """Each image of `[B, H, W, C]` translated by its own random (dy, dx) in
+  `[-max_shift, max_shift]`, with zeros shifted in (augmentation for training batches).
+  """
+  b, h, w = images.shape[:3]
+  shifts = rng.integers(-max_shift, max_shift + 1, size=(b, 2))
+  padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+  out = np.empty_like(images)
+  for j, (dy, dx) in enumerate(shifts):
+    out[j] = padded[j, max_shift - dy : max_shift - dy + h, max_shift - dx : max_shift - dx + w]
+  return out
+
+
 def epoch_batches(num_train: int, config: TrainConfig, epoch: int):
   """Query and neighbour index batches of one epoch: two independent shuffles."""
   rng = np.random.default_rng([config.seed, epoch])
@@ -401,7 +414,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop) -> dict[str, Any]:
       splits.train_labels,
       images,
       labels,
-      k=config.k,
+      k=config.eval_k or config.k,
       num_classes=splits.num_classes,
       batch_size=config.eval_batch_size,
       mesh=mesh,
@@ -424,10 +437,15 @@ def _train_and_evaluate(config, workdir, resume, log, stop) -> dict[str, Any]:
         for i, (qi, ni) in enumerate(epoch_batches(num_train, config, position.epoch)):
           if i < position.step_in_epoch:
             continue
+          queries, neighbors = splits.train_images[qi], splits.train_images[ni]
+          if config.augment_shift:
+            rng = np.random.default_rng([config.seed, position.epoch, i])
+            queries = random_shifts(queries, config.augment_shift, rng)
+            neighbors = random_shifts(neighbors, config.augment_shift, rng)
           batch = {
-            "query_images": splits.train_images[qi],
+            "query_images": queries,
             "query_labels": splits.train_labels[qi],
-            "neighbor_images": splits.train_images[ni],
+            "neighbor_images": neighbors,
             "neighbor_labels": splits.train_labels[ni],
           }
           batch = sharding.shard_batch(batch, mesh)

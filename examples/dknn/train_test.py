@@ -161,6 +161,32 @@ def test_a_time_budget_stop_inside_the_first_epoch_says_where_it_stopped(tmp_pat
   assert summary["train_time_s"] <= summary["wall_time_s"]
 
 
+def test_random_shifts_translate_each_image_with_zeros_shifted_in(rng):
+  images = rng.random((6, 5, 7, 1)).astype(np.float32)
+  shifted = training.random_shifts(images, 2, np.random.default_rng(0))
+  dys, dxs = np.random.default_rng(0).integers(-2, 3, size=(6, 2)).T
+  for image, out, dy, dx in zip(images, shifted, dys, dxs, strict=True):
+    expected = np.zeros_like(image)
+    src = image[max(0, -dy) : 5 - max(0, dy), max(0, -dx) : 7 - max(0, dx)]
+    expected[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_an_augmented_run_resumes_exactly(tmp_path):
+  augmented = dataclasses.replace(DIGITS, num_epochs=1, augment_shift=2)
+  straight = training.train_and_evaluate(augmented, tmp_path / "straight", log=_quiet)
+
+  def log(line):
+    if line.startswith("devices:"):
+      signal.raise_signal(signal.SIGINT)
+
+  with pytest.raises(stopping.TrainingInterrupted):
+    training.train_and_evaluate(augmented, tmp_path / "cut", log=log)
+  resumed = training.train_and_evaluate(augmented, tmp_path / "cut", resume=True, log=_quiet)
+  _assert_same_params(_checkpoint(tmp_path / "cut")[1], _checkpoint(tmp_path / "straight")[1])
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
 def test_the_second_signal_is_not_caught():
   with stopping.handle_signals() as stop:
     assert not stop
@@ -202,12 +228,21 @@ def test_resume_with_a_changed_field_names_it_and_changes_nothing(straight):
     (dict(tau=0.5, estimator="simple"), ["estimator", "tau"]),
     (dict(num_queries=25, learning_rate=0.01), ["learning_rate", "num_queries"]),
     (dict(num_epochs=9, time_budget_s=5.0, num_devices=2, progress=True), []),
+    (dict(eval_k=3, augment_shift=2), ["augment_shift", "eval_k"]),
   ],
 )
 def test_config_differences(change, fields):
   saved = dataclasses.asdict(DIGITS)
   found = checkpoints.config_differences(saved, dataclasses.replace(DIGITS, **change))
   assert [line.split(":")[0] for line in found] == fields
+
+
+def test_a_field_newer_than_the_saved_run_counts_as_its_default():
+  saved = dataclasses.asdict(DIGITS)
+  del saved["augment_shift"], saved["eval_k"]
+  assert checkpoints.config_differences(saved, DIGITS) == []
+  found = checkpoints.config_differences(saved, dataclasses.replace(DIGITS, eval_k=3))
+  assert found == ["eval_k: saved None, now 3"]
 
 
 def test_cosine_schedule_fixes_the_epoch_count():
