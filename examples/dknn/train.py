@@ -350,14 +350,15 @@ def train_and_evaluate(
   """
   _check_run_config(config)
   # From the start: a signal while the data loads or the step compiles stops after one step.
-  with stopping.handle_signals() as stop:
-    return _train_and_evaluate(config, pathlib.Path(workdir), resume, log, stop)
+  with stopping.handle_signals() as stop, contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, pathlib.Path(workdir), resume, log, stop, cleanup)
 
 
-def _train_and_evaluate(config, workdir, resume, log, stop) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str, Any]:
   workdir.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
   checkpoints = ckpt.Checkpoints(workdir, fresh=not resume)
+  cleanup.callback(checkpoints.close)
   meta = checkpoints.latest_meta() if resume else None
   if meta is not None:
     ckpt.check_resumable(meta["config"], config, workdir)
@@ -397,6 +398,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop) -> dict[str, Any]:
   writer = metric_writers.MetricWriter(
     workdir, resume_step=None if meta is None else int(jax.device_get(state.step))
   )
+  cleanup.callback(writer.close)
   base_wall = position.wall_time_s
 
   def wall_time():
@@ -424,147 +426,144 @@ def _train_and_evaluate(config, workdir, resume, log, stop) -> dict[str, Any]:
   separate_passes = prefers_separate_passes(mesh)
   every = config.checkpoint_every_steps
   out_of_time = False
-  with contextlib.ExitStack() as cleanup:
-    cleanup.callback(checkpoints.close)
-    cleanup.callback(writer.close)
-    while position.epoch < config.num_epochs and not out_of_time:
-      losses, correctness = [], []
-      progress = _Progress(
-        steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
-      )
-      t_loop = time.perf_counter()
-      try:
-        for i, (qi, ni) in enumerate(epoch_batches(num_train, config, position.epoch)):
-          if i < position.step_in_epoch:
-            continue
-          queries, neighbors = splits.train_images[qi], splits.train_images[ni]
-          if config.augment_shift:
-            rng = np.random.default_rng([config.seed, position.epoch, i])
-            queries = random_shifts(queries, config.augment_shift, rng)
-            neighbors = random_shifts(neighbors, config.augment_shift, rng)
-          batch = {
-            "query_images": queries,
-            "query_labels": splits.train_labels[qi],
-            "neighbor_images": neighbors,
-            "neighbor_labels": splits.train_labels[ni],
-          }
-          batch = sharding.shard_batch(batch, mesh)
-          key = jax.random.fold_in(noise_key, position.epoch * steps_per_epoch + i)
-          state, metrics = train_step_jit(
-            state,
-            batch,
-            key,
-            tau,
-            k=config.k,
-            num_samples=config.num_samples,
-            estimator=config.estimator,
-            separate_passes=separate_passes,
-          )
-          metrics = jax.device_get(metrics)
-          losses.append(float(metrics["loss"]))
-          correctness.append(float(metrics["top_k_correctness"]))
-          progress.update(metrics)
-          position.step_in_epoch = i + 1
-          step = int(state.step)
-          if step % _LOG_EVERY_STEPS == 0:
-            writer.scalars(step, {"train/loss": float(np.mean(losses[-_LOG_EVERY_STEPS:]))})
-          loop_time = time.perf_counter() - t_loop
-          if stop:
-            break
-          if config.time_budget_s and position.train_time_s + loop_time > config.time_budget_s:
-            out_of_time = True
-            break
-          if every and position.step_in_epoch % every == 0 and i + 1 < steps_per_epoch:
-            save_latest(state, train_time_s=position.train_time_s + loop_time)
-      finally:
-        progress.close()
-      loop_time = time.perf_counter() - t_loop
-      position.train_time_s += loop_time
-      if stop:
-        save_latest(state)
-        raise stopping.TrainingInterrupted(
-          stop.signum, position.epoch + 1, position.step_in_epoch, steps_per_epoch
+  while position.epoch < config.num_epochs and not out_of_time:
+    losses, correctness = [], []
+    progress = _Progress(
+      steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
+    )
+    t_loop = time.perf_counter()
+    try:
+      for i, (qi, ni) in enumerate(epoch_batches(num_train, config, position.epoch)):
+        if i < position.step_in_epoch:
+          continue
+        queries, neighbors = splits.train_images[qi], splits.train_images[ni]
+        if config.augment_shift:
+          rng = np.random.default_rng([config.seed, position.epoch, i])
+          queries = random_shifts(queries, config.augment_shift, rng)
+          neighbors = random_shifts(neighbors, config.augment_shift, rng)
+        batch = {
+          "query_images": queries,
+          "query_labels": splits.train_labels[qi],
+          "neighbor_images": neighbors,
+          "neighbor_labels": splits.train_labels[ni],
+        }
+        batch = sharding.shard_batch(batch, mesh)
+        key = jax.random.fold_in(noise_key, position.epoch * steps_per_epoch + i)
+        state, metrics = train_step_jit(
+          state,
+          batch,
+          key,
+          tau,
+          k=config.k,
+          num_samples=config.num_samples,
+          estimator=config.estimator,
+          separate_passes=separate_passes,
         )
-      if position.step_in_epoch >= steps_per_epoch:
-        position.epoch, position.step_in_epoch = position.epoch + 1, 0
-      epochs_done = position.epochs_done(steps_per_epoch)
-      step = int(state.step)
-      t_eval = time.perf_counter()
-      val_acc = knn_accuracy(state, splits.val_images, splits.val_labels)
-      eval_time = time.perf_counter() - t_eval
-      improved = position.best_val_accuracy is None or val_acc > position.best_val_accuracy
-      if improved:
-        position.best_val_accuracy, position.best_epoch, position.best_step = (
-          val_acc,
-          epochs_done,
-          step,
-        )
-        checkpoints.save_best(state, {"epoch": epochs_done, "val_accuracy": val_acc})
-      steps_done = len(losses)
-      entry = {
-        "epoch": epochs_done,
-        "step": step,
-        "train_loss": float(np.mean(losses)) if losses else None,
-        "train_top_k_correctness": float(np.mean(correctness)) if correctness else None,
-        "val_accuracy": val_acc,
-        "steps_per_s": round(steps_done / loop_time, 3) if steps_done else None,
-        "train_time_s": round(position.train_time_s, 2),
-        "wall_time_s": round(wall_time(), 2),
-        "eval_time_s": round(eval_time, 2),
-        "best": improved,
-      }
-      writer.record(entry)
-      writer.scalars(
-        step,
-        {
-          "epoch/train_loss": entry["train_loss"],
-          "epoch/train_top_k_correctness": entry["train_top_k_correctness"],
-          "epoch/val_accuracy": val_acc,
-          "epoch/steps_per_s": entry["steps_per_s"],
-        },
-      )
+        metrics = jax.device_get(metrics)
+        losses.append(float(metrics["loss"]))
+        correctness.append(float(metrics["top_k_correctness"]))
+        progress.update(metrics)
+        position.step_in_epoch = i + 1
+        step = int(state.step)
+        if step % _LOG_EVERY_STEPS == 0:
+          writer.scalars(step, {"train/loss": float(np.mean(losses[-_LOG_EVERY_STEPS:]))})
+        loop_time = time.perf_counter() - t_loop
+        if stop:
+          break
+        if config.time_budget_s and position.train_time_s + loop_time > config.time_budget_s:
+          out_of_time = True
+          break
+        if every and position.step_in_epoch % every == 0 and i + 1 < steps_per_epoch:
+          save_latest(state, train_time_s=position.train_time_s + loop_time)
+    finally:
+      progress.close()
+    loop_time = time.perf_counter() - t_loop
+    position.train_time_s += loop_time
+    if stop:
       save_latest(state)
-      log(
-        f"epoch {epochs_done:.2f}: loss {_fmt(entry['train_loss'])}, "
-        f"top-k correctness {_fmt(entry['train_top_k_correctness'])}, "
-        f"val acc {val_acc:.4f}{' (best)' if improved else ''}, "
-        f"train time {position.train_time_s:.0f}s, eval {eval_time:.1f}s"
+      raise stopping.TrainingInterrupted(
+        stop.signum, position.epoch + 1, position.step_in_epoch, steps_per_epoch
       )
-      if stop:  # the signal came during the validation: the epoch's end is saved
-        raise stopping.TrainingInterrupted(
-          stop.signum, position.epoch, steps_per_epoch, steps_per_epoch
-        )
-
-    best = checkpoints.restore_best(state)
-    test_acc = None
-    if best is None:
-      log("the run stopped before its first validation: no best checkpoint, no test accuracy")
-    else:
-      test_acc = knn_accuracy(best[0], splits.test_images, splits.test_labels)
-    summary = {
-      "final": True,
-      "dataset": config.dataset,
-      "best_val_accuracy": position.best_val_accuracy,
-      "best_epoch": position.best_epoch,
-      "best_step": position.best_step,
-      "test_accuracy": test_acc,
-      "epochs_done": position.epochs_done(steps_per_epoch),
-      "steps": int(state.step),
-      "train_time_s": round(position.train_time_s, 1),
-      "wall_time_s": round(wall_time(), 1),
-      "stopped_by_time_budget": out_of_time,
-      "config": dataclasses.asdict(config),
-      "backend": jax.default_backend(),
-      "devices": mesh.size,
+    if position.step_in_epoch >= steps_per_epoch:
+      position.epoch, position.step_in_epoch = position.epoch + 1, 0
+    epochs_done = position.epochs_done(steps_per_epoch)
+    step = int(state.step)
+    t_eval = time.perf_counter()
+    val_acc = knn_accuracy(state, splits.val_images, splits.val_labels)
+    eval_time = time.perf_counter() - t_eval
+    improved = position.best_val_accuracy is None or val_acc > position.best_val_accuracy
+    if improved:
+      position.best_val_accuracy, position.best_epoch, position.best_step = (
+        val_acc,
+        epochs_done,
+        step,
+      )
+      checkpoints.save_best(state, {"epoch": epochs_done, "val_accuracy": val_acc})
+    steps_done = len(losses)
+    entry = {
+      "epoch": epochs_done,
+      "step": step,
+      "train_loss": float(np.mean(losses)) if losses else None,
+      "train_top_k_correctness": float(np.mean(correctness)) if correctness else None,
+      "val_accuracy": val_acc,
+      "steps_per_s": round(steps_done / loop_time, 3) if steps_done else None,
+      "train_time_s": round(position.train_time_s, 2),
+      "wall_time_s": round(wall_time(), 2),
+      "eval_time_s": round(eval_time, 2),
+      "best": improved,
     }
-    writer.record(summary)
-    if test_acc is not None:
-      writer.scalars(summary["steps"], {"test/accuracy": test_acc})
-      stopped = " (stopped by the time budget)" if out_of_time else ""
-      log(
-        f"test accuracy of the best-validation checkpoint (epoch {position.best_epoch:.2f}, "
-        f"step {position.best_step}){stopped}: {test_acc:.4f}"
+    writer.record(entry)
+    writer.scalars(
+      step,
+      {
+        "epoch/train_loss": entry["train_loss"],
+        "epoch/train_top_k_correctness": entry["train_top_k_correctness"],
+        "epoch/val_accuracy": val_acc,
+        "epoch/steps_per_s": entry["steps_per_s"],
+      },
+    )
+    save_latest(state)
+    log(
+      f"epoch {epochs_done:.2f}: loss {_fmt(entry['train_loss'])}, "
+      f"top-k correctness {_fmt(entry['train_top_k_correctness'])}, "
+      f"val acc {val_acc:.4f}{' (best)' if improved else ''}, "
+      f"train time {position.train_time_s:.0f}s, eval {eval_time:.1f}s"
+    )
+    if stop:  # the signal came during the validation: the epoch's end is saved
+      raise stopping.TrainingInterrupted(
+        stop.signum, position.epoch, steps_per_epoch, steps_per_epoch
       )
+
+  best = checkpoints.restore_best(state)
+  test_acc = None
+  if best is None:
+    log("the run stopped before its first validation: no best checkpoint, no test accuracy")
+  else:
+    test_acc = knn_accuracy(best[0], splits.test_images, splits.test_labels)
+  summary = {
+    "final": True,
+    "dataset": config.dataset,
+    "best_val_accuracy": position.best_val_accuracy,
+    "best_epoch": position.best_epoch,
+    "best_step": position.best_step,
+    "test_accuracy": test_acc,
+    "epochs_done": position.epochs_done(steps_per_epoch),
+    "steps": int(state.step),
+    "train_time_s": round(position.train_time_s, 1),
+    "wall_time_s": round(wall_time(), 1),
+    "stopped_by_time_budget": out_of_time,
+    "config": dataclasses.asdict(config),
+    "backend": jax.default_backend(),
+    "devices": mesh.size,
+  }
+  writer.record(summary)
+  if test_acc is not None:
+    writer.scalars(summary["steps"], {"test/accuracy": test_acc})
+    stopped = " (stopped by the time budget)" if out_of_time else ""
+    log(
+      f"test accuracy of the best-validation checkpoint (epoch {position.best_epoch:.2f}, "
+      f"step {position.best_step}){stopped}: {test_acc:.4f}"
+    )
   return summary
 
 
