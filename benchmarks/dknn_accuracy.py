@@ -138,9 +138,8 @@ def printable(cmd: list[str]) -> str:
   return shlex.join(["python", *cmd[1:]])
 
 
-def run_one(study, seed, root, smoke, results) -> dict:
-  workdir = root / study / f"seed{seed}"
-  cmd = command(study, seed, workdir, smoke)
+def run_one(study: str, seed: int, cmd: list[str], workdir: pathlib.Path, results: dict) -> dict:
+  """Runs (or resumes) one training and returns its table entry from its metrics file."""
   # Resume an interrupted run; with no checkpoint the script starts a new one.
   completed = subprocess.run([*cmd, "--resume"], cwd=REPO)
   if completed.returncode != 0:
@@ -193,9 +192,9 @@ def summarise(results: dict) -> list[dict]:
         "test_accuracy_sd": test_sd,
         "best_val_accuracy_mean": statistics.fmean(100 * r["best_val_accuracy"] for r in runs),
         "epochs": statistics.fmean(r["epochs"] for r in runs),
-        "train_time_min": statistics.fmean(r["train_time_s"] for r in runs) / 60,
-        "wall_time_min": statistics.fmean(r["wall_time_s"] for r in runs) / 60,
-        "hardware": runs[0]["hardware"],
+        "train_time_min": [r["train_time_s"] / 60 for r in runs],
+        "wall_time_min": [r["wall_time_s"] / 60 for r in runs],
+        "hardware": [r["hardware"] for r in runs],
         "dates": sorted({r["date"] for r in runs}),
       }
     )
@@ -208,18 +207,37 @@ def _accuracy(row: dict) -> str:
   return f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_sd']:.2f} %"
 
 
+def _minutes(row: dict, key: str) -> str:
+  """The mean over seeds on one machine; per seed where the seeds ran on different machines."""
+  times = row[key]
+  if len(set(row["hardware"])) == 1:
+    return f"{statistics.fmean(times):.1f} min"
+  return " / ".join(f"{t:.1f}" for t in times) + " min"
+
+
+def _hardware(row: dict) -> str:
+  machines = dict.fromkeys(row["hardware"])
+  if len(machines) == 1:
+    return row["hardware"][0]
+  parts = []
+  for machine in machines:
+    seeds = [str(s) for s, h in zip(row["seeds"], row["hardware"], strict=True) if h == machine]
+    parts.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {machine}")
+  return "; ".join(parts)
+
+
 def markdown(rows: list[dict], best: str | None) -> str:
   lines = [
     "| configuration | command | seeds | test accuracy, mean ± sd | best validation, mean | "
-    "epochs | training time, mean | wall time, mean | hardware |",
+    "epochs | training time | wall time | hardware |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     lines.append(
       f"| {r['description']} | `{r['command']}` | {len(r['seeds'])} | "
       f"{_accuracy(r)} | "
-      f"{r['best_val_accuracy_mean']:.2f} % | {r['epochs']:g} | {r['train_time_min']:.1f} min | "
-      f"{r['wall_time_min']:.1f} min | {r['hardware']}, {', '.join(r['dates'])} |"
+      f"{r['best_val_accuracy_mean']:.2f} % | {r['epochs']:g} | {_minutes(r, 'train_time_min')} | "
+      f"{_minutes(r, 'wall_time_min')} | {_hardware(r)}; {', '.join(r['dates'])} |"
     )
   if best is not None:
     lines.append("")
@@ -293,11 +311,12 @@ def main(argv=None) -> int:
       if key in results["runs"]:
         print(f"{key}: done ({results['runs'][key]['test_accuracy']:.4f})", flush=True)
         continue
-      cmd = command(study, seed, root / study / f"seed{seed}", args.smoke)
+      workdir = root / study / f"seed{seed}"
+      cmd = command(study, seed, workdir, args.smoke)
       print(f"{key}: {printable(cmd)}", flush=True)
       if args.dry_run:
         continue
-      results["runs"][key] = run_one(study, seed, root, args.smoke, results)
+      results["runs"][key] = run_one(study, seed, cmd, workdir, results)
       save(table, results)
   report(table, results)
   return 0

@@ -46,3 +46,40 @@ def test_smoke_sweep_writes_the_table_and_resumes(tmp_path):
   # A second call finds every run done and trains nothing.
   again = _sweep(tmp_path)
   assert again.returncode == 0 and again.stdout.count(": done (") == 2
+
+
+def _entry(study, seed, accuracy, train_s, hardware):
+  return {
+    "study": study,
+    "seed": seed,
+    "command": f"python examples/train_mnist.py --seed {seed} --workdir runs/x/seed{seed}",
+    "test_accuracy": accuracy,
+    "best_val_accuracy": accuracy,
+    "best_epoch": 20.0,
+    "epochs": 20.0,
+    "train_time_s": train_s,
+    "wall_time_s": train_s + 60,
+    "val_curve": [[1.0, accuracy]],
+    "hardware": hardware,
+    "date": "2026-12-02",
+  }
+
+
+def test_table_names_each_machine_and_its_seeds():
+  from benchmarks import dknn_accuracy
+
+  runs = [
+    _entry("simple", 0, 0.99, 600.0, "2-core A"),
+    _entry("simple", 1, 0.98, 1200.0, "2-core B"),
+    _entry("simple", 2, 0.97, 1500.0, "2-core B"),
+    _entry("straight_through", 0, 0.99, 600.0, "2-core A"),
+    _entry("straight_through", 1, 0.99, 1200.0, "2-core A"),
+  ]
+  results = {"runs": {f"{r['study']}/seed{r['seed']}": r for r in runs}}
+  rows = dknn_accuracy.summarise(results)
+  straight, simple = dknn_accuracy.markdown(rows, None).splitlines()[2:]
+  # Times on different machines are not averaged: each seed's time, and which machine ran it.
+  assert "| 10.0 / 20.0 / 25.0 min | 11.0 / 21.0 / 26.0 min |" in simple
+  assert simple.endswith("| seed 0: 2-core A; seeds 1, 2: 2-core B; 2026-12-02 |")
+  assert "| 98.00 ± 1.00 % |" in simple
+  assert "| 15.0 min | 16.0 min | 2-core A; 2026-12-02 |" in straight
