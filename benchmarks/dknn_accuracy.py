@@ -8,7 +8,7 @@ accuracy against epochs (mean and range over seeds).
 
 The sweep resumes where it stopped: a run whose result is in the JSON table is skipped; an
 interrupted run continues from its checkpoint (`--resume`). `--studies` runs some studies
-only, so a long sweep can be split across sessions; `--report` rewrites table and plot from
+only, so a long sweep can be split into several calls; `--report` rewrites table and plot from
 the JSON alone.
 
   python -m benchmarks.dknn_accuracy --studies relaxed --seeds 3
