@@ -34,6 +34,7 @@ from benchmarks import common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = "examples/train_mnist.py"
+EXIT_DIVERGED = 3  # the script's exit status when the training loss becomes non-finite
 # Every run: the whole epoch count whatever the machine's speed, no progress bar.
 COMMON_FLAGS = ("--time_budget_min", "0", "--no_progress")
 SMOKE_FLAGS = ("--config", "digits", "--epochs", "1")
@@ -106,7 +107,8 @@ def best_tau_study(results: dict) -> str | None:
     run = results["runs"].get(f"{name}/seed0")
     if run is None:
       return None
-    scores[name] = run["best_val_accuracy"]
+    # A run that diverged before its first validation ranks last.
+    scores[name] = run["best_val_accuracy"] if run["best_val_accuracy"] is not None else -1.0
   return max(scores, key=scores.get)
 
 
@@ -142,7 +144,8 @@ def run_one(study: str, seed: int, cmd: list[str], workdir: pathlib.Path, result
   """Runs (or resumes) one training and returns its table entry from its metrics file."""
   # Resume an interrupted run; with no checkpoint the script starts a new one.
   completed = subprocess.run([*cmd, "--resume"], cwd=REPO)
-  if completed.returncode != 0:
+  # A diverged run is a result: the table says where its loss became non-finite.
+  if completed.returncode not in (0, EXIT_DIVERGED):
     raise SystemExit(completed.returncode)
   records = [
     json.loads(line) for line in (REPO / workdir / "metrics.jsonl").read_text().splitlines()
@@ -159,6 +162,7 @@ def run_one(study: str, seed: int, cmd: list[str], workdir: pathlib.Path, result
     "epochs": final["epochs_done"],
     "train_time_s": final["train_time_s"],
     "wall_time_s": final["wall_time_s"],
+    "diverged_at_step": final.get("diverged_at_step"),
     "val_curve": [[r["epoch"], r["val_accuracy"]] for r in records if not r.get("final")],
     "hardware": machine.get("hardware"),
     "date": time.strftime("%Y-%m-%d"),
@@ -166,6 +170,8 @@ def run_one(study: str, seed: int, cmd: list[str], workdir: pathlib.Path, result
 
 
 def _mean_sd(values):
+  if not values:
+    return None, None
   mean = statistics.fmean(values)
   return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -180,7 +186,9 @@ def summarise(results: dict) -> list[dict]:
     )
     if not runs:
       continue
-    test_mean, test_sd = _mean_sd([100 * r["test_accuracy"] for r in runs])
+    finite = [r for r in runs if r.get("diverged_at_step") is None]
+    test_mean, test_sd = _mean_sd([100 * r["test_accuracy"] for r in finite])
+    best_val = [100 * r["best_val_accuracy"] for r in finite]
     note = " (best tau of the grid on validation)" if study == best and study != "relaxed" else ""
     rows.append(
       {
@@ -190,7 +198,8 @@ def summarise(results: dict) -> list[dict]:
         "seeds": [r["seed"] for r in runs],
         "test_accuracy_mean": test_mean,
         "test_accuracy_sd": test_sd,
-        "best_val_accuracy_mean": statistics.fmean(100 * r["best_val_accuracy"] for r in runs),
+        "best_val_accuracy_mean": statistics.fmean(best_val) if best_val else None,
+        "diverged": [[r["seed"], r["diverged_at_step"]] for r in runs if r not in finite],
         "epochs": statistics.fmean(r["epochs"] for r in runs),
         "train_time_min": [r["train_time_s"] / 60 for r in runs],
         "wall_time_min": [r["wall_time_s"] / 60 for r in runs],
@@ -202,9 +211,19 @@ def summarise(results: dict) -> list[dict]:
 
 
 def _accuracy(row: dict) -> str:
-  if len(row["seeds"]) == 1:
-    return f"{row['test_accuracy_mean']:.2f} % (one seed)"
-  return f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_sd']:.2f} %"
+  diverged = row.get("diverged", [])
+  parts = []
+  num_finite = len(row["seeds"]) - len(diverged)
+  if num_finite == 1:
+    parts.append(f"{row['test_accuracy_mean']:.2f} % (one seed)")
+  elif num_finite > 1:
+    parts.append(f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_sd']:.2f} %")
+  parts += [f"seed {seed} diverged at step {step}" for seed, step in diverged]
+  return "; ".join(parts)
+
+
+def _percent(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.2f} %"
 
 
 def _minutes(row: dict, key: str) -> str:
@@ -235,9 +254,15 @@ def markdown(rows: list[dict], best: str | None) -> str:
   for r in rows:
     lines.append(
       f"| {r['description']} | `{r['command']}` | {len(r['seeds'])} | "
-      f"{_accuracy(r)} | "
-      f"{r['best_val_accuracy_mean']:.2f} % | {r['epochs']:g} | {_minutes(r, 'train_time_min')} | "
-      f"{_minutes(r, 'wall_time_min')} | {_hardware(r)}; {', '.join(r['dates'])} |"
+      f"{_accuracy(r)} | {_percent(r['best_val_accuracy_mean'])} | {r['epochs']:.3g} | "
+      f"{_minutes(r, 'train_time_min')} | {_minutes(r, 'wall_time_min')} | "
+      f"{_hardware(r)}; {', '.join(r['dates'])} |"
+    )
+  if any(r["diverged"] for r in rows):
+    lines.append("")
+    lines.append(
+      "A diverged run's training loss became non-finite at the step shown, which stopped it; "
+      "the mean and the best validation are over the other seeds."
     )
   if best is not None:
     lines.append("")

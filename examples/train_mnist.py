@@ -11,8 +11,10 @@ the work is `dknn.train.train_and_evaluate` beside it, the configurations are in
   python examples/train_mnist.py --resume                 # continue an interrupted run
 
 Ctrl-C (or SIGTERM) finishes the current step, saves, and exits with 130 (143); a second
-Ctrl-C exits at once. Metrics go to <workdir>/metrics.jsonl and TensorBoard events to
-<workdir>/tensorboard (to view them: pip install tensorboard; tensorboard --logdir runs).
+Ctrl-C exits at once. A non-finite training loss stops the run, which still evaluates its
+best-validation checkpoint and exits with 3. Metrics go to <workdir>/metrics.jsonl and
+TensorBoard events to <workdir>/tensorboard (to view them: pip install tensorboard;
+tensorboard --logdir runs).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import json
 import sys
 
 from dknn import configs, input_pipeline, parallel
+
+EXIT_DIVERGED = 3  # the training loss became non-finite; the final record says where
 
 # Flag name -> (config field, help). Each flag's default is the chosen config's value.
 _OVERRIDES = {
@@ -71,7 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
     epilog="Every flag defaults to the chosen --config's value (dknn/configs.py); the help "
-    "shows the reference configuration's.",
+    "shows the reference configuration's. Exit status: 0 done; 2 no data, or a resume with a "
+    f"changed field; {EXIT_DIVERGED} the training loss became non-finite (the run diverged); "
+    "130 or 143 interrupted by SIGINT or SIGTERM (continue with --resume).",
   )
   p.add_argument(
     "--config",
@@ -165,9 +171,16 @@ def main(argv=None) -> int:
   except (input_pipeline.DataUnavailableError, checkpoints.ConfigMismatchError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  fields = ("test_accuracy", "best_val_accuracy", "best_epoch", "train_time_s", "wall_time_s")
+  fields = (
+    "test_accuracy",
+    "best_val_accuracy",
+    "best_epoch",
+    "train_time_s",
+    "wall_time_s",
+    "diverged_at_step",
+  )
   print(json.dumps({name: summary[name] for name in fields}))
-  return 0
+  return 0 if summary["diverged_at_step"] is None else EXIT_DIVERGED
 
 
 if __name__ == "__main__":

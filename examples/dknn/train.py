@@ -339,6 +339,10 @@ def train_and_evaluate(
   seed, epoch and step) after checking that the configuration only differs in the fields
   `checkpoints.RESUMABLE_FIELDS`; with no checkpoint it says so and starts a new run.
 
+  A non-finite training loss stops the run at that step: nothing of the diverged state is
+  saved, and the final record names the step (`diverged_at_step`, otherwise None) and
+  reports the best-validation checkpoint's test accuracy if a validation came before.
+
   Returns:
     The final record: best validation accuracy and its epoch, test accuracy, times.
 
@@ -426,7 +430,8 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
   separate_passes = prefers_separate_passes(mesh)
   every = config.checkpoint_every_steps
   out_of_time = False
-  while position.epoch < config.num_epochs and not out_of_time:
+  diverged_at = None  # the step whose training loss is not finite
+  while position.epoch < config.num_epochs and not out_of_time and diverged_at is None:
     losses, correctness = [], []
     progress = _Progress(
       steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
@@ -460,6 +465,14 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
           separate_passes=separate_passes,
         )
         metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss"]):
+          diverged_at = int(state.step)
+          log(
+            f"the training loss is {float(metrics['loss'])} at step {diverged_at} (epoch "
+            f"{position.epoch + 1}, step {i + 1} of {steps_per_epoch}): the run diverged; "
+            "it stops without saving this state (try a lower --lr or a larger --tau)"
+          )
+          break
         losses.append(float(metrics["loss"]))
         correctness.append(float(metrics["top_k_correctness"]))
         progress.update(metrics)
@@ -479,6 +492,8 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
       progress.close()
     loop_time = time.perf_counter() - t_loop
     position.train_time_s += loop_time
+    if diverged_at is not None:
+      break
     if stop:
       save_latest(state)
       raise stopping.TrainingInterrupted(
@@ -552,6 +567,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
     "train_time_s": round(position.train_time_s, 1),
     "wall_time_s": round(wall_time(), 1),
     "stopped_by_time_budget": out_of_time,
+    "diverged_at_step": diverged_at,
     "config": dataclasses.asdict(config),
     "backend": jax.default_backend(),
     "devices": mesh.size,
@@ -560,6 +576,8 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
   if test_acc is not None:
     writer.scalars(summary["steps"], {"test/accuracy": test_acc})
     stopped = " (stopped by the time budget)" if out_of_time else ""
+    if diverged_at is not None:
+      stopped = f" (the run diverged at step {diverged_at})"
     log(
       f"test accuracy of the best-validation checkpoint (epoch {position.best_epoch:.2f}, "
       f"step {position.best_step}){stopped}: {test_acc:.4f}"

@@ -187,6 +187,49 @@ def test_an_augmented_run_resumes_exactly(tmp_path):
   assert resumed["test_accuracy"] == straight["test_accuracy"]
 
 
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+  calls = 0
+  real_step = training.train_step_jit
+
+  def diverging_step(*args, **kwargs):
+    nonlocal calls
+    calls += 1
+    state, metrics = real_step(*args, **kwargs)
+    if calls == 30:  # epoch 2, step 7; the last periodic save is epoch 2, step 5
+      metrics = {**metrics, "loss": np.float32(np.nan)}
+    return state, metrics
+
+  monkeypatch.setattr(training, "train_step_jit", diverging_step)
+  logged = []
+  summary = training.train_and_evaluate(DIGITS, tmp_path, log=logged.append)
+  assert calls == 30 and summary["diverged_at_step"] == 30 and summary["steps"] == 30
+  assert any("diverged" in line and "step 30" in line for line in logged)
+  records = metric_writers.read_records(tmp_path)
+  assert [r.get("epoch") for r in records[:-1]] == [1]  # no validation of the diverged state
+  assert records[-1]["final"] and records[-1]["diverged_at_step"] == 30
+  # The test accuracy is the epoch-1 checkpoint's, the only validation before the divergence.
+  assert summary["best_epoch"] == 1 and 0.9 < summary["test_accuracy"] <= 1
+  assert _checkpoint(tmp_path)[0] == 23 + 5 and _checkpoint(tmp_path, "best")[0] == 23
+
+
+def test_the_example_exits_with_3_when_the_loss_diverges(tmp_path):
+  run = subprocess.run(
+    [sys.executable, str(SCRIPT), *DIGITS_FLAGS, "--lr", "1e6", "--workdir", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert run.returncode == 3, run.stderr
+  assert "the run diverged" in run.stdout
+  final = json.loads(run.stdout.strip().splitlines()[-1])
+  assert final["test_accuracy"] is None and final["diverged_at_step"] is not None
+  assert final["diverged_at_step"] <= 23  # within the first epoch: no validation came before
+
+
+def test_a_run_that_stays_finite_records_no_divergence(straight):
+  assert straight[1]["diverged_at_step"] is None
+
+
 def test_the_second_signal_is_not_caught():
   with stopping.handle_signals() as stop:
     assert not stop
