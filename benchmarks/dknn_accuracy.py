@@ -39,6 +39,7 @@ EXIT_DIVERGED = 3  # the script's exit status when the training loss becomes non
 COMMON_FLAGS = ("--time_budget_min", "0", "--no_progress")
 SMOKE_FLAGS = ("--config", "digits", "--epochs", "1")
 TAU_GRID = (0.1, 1.0, 4.0, 16.0)
+EVAL_K_GRID = (1, 3, 5, 7, 9, 11, 13, 15)
 DEFAULT_TABLE = "docs/results/dknn_accuracy"
 README_START, README_END = "<!-- dknn_accuracy table -->", "<!-- end of dknn_accuracy table -->"
 
@@ -54,8 +55,9 @@ STUDIES = {
   "simple": ("SIMPLE, tau = 1", ("--estimator", "simple")),
   "long": ("relaxed, 40 epochs, lr 3e-3 cosine, 5 draws", ("--config", "long")),
   "long_shift2": (
-    "relaxed, 40 epochs, lr 3e-3 cosine, 5 draws, shifts of up to 2 pixels",
-    ("--config", "long", "--augment_shift", "2"),
+    "relaxed, 40 epochs, lr 3e-3 cosine, 5 draws, shifts of up to 2 pixels, test vote k "
+    f"chosen on validation from {{{', '.join(map(str, EVAL_K_GRID))}}}",
+    ("--config", "long", "--augment_shift", "2", "--eval_k_grid", *map(str, EVAL_K_GRID)),
   ),
 }
 GRID = ["relaxed" if tau == 1.0 else f"relaxed_tau{tau:g}" for tau in TAU_GRID]
@@ -163,6 +165,7 @@ def run_one(study: str, seed: int, cmd: list[str], workdir: pathlib.Path, result
     "train_time_s": final["train_time_s"],
     "wall_time_s": final["wall_time_s"],
     "diverged_at_step": final.get("diverged_at_step"),
+    "test_eval_k": final.get("test_eval_k"),
     "val_curve": [[r["epoch"], r["val_accuracy"]] for r in records if not r.get("final")],
     "hardware": machine.get("hardware"),
     "date": time.strftime("%Y-%m-%d"),
@@ -200,6 +203,7 @@ def summarise(results: dict) -> list[dict]:
         "test_accuracy_sd": test_sd,
         "best_val_accuracy_mean": statistics.fmean(best_val) if best_val else None,
         "diverged": [[r["seed"], r["diverged_at_step"]] for r in runs if r not in finite],
+        "test_eval_k": [r.get("test_eval_k") for r in runs],
         "epochs": statistics.fmean(r["epochs"] for r in runs),
         "train_time_min": [r["train_time_s"] / 60 for r in runs],
         "wall_time_min": [r["wall_time_s"] / 60 for r in runs],
@@ -219,6 +223,8 @@ def _accuracy(row: dict) -> str:
   elif num_finite > 1:
     parts.append(f"{row['test_accuracy_mean']:.2f} ± {row['test_accuracy_sd']:.2f} %")
   parts += [f"seed {seed} diverged at step {step}" for seed, step in diverged]
+  if "--eval_k_grid" in row["command"]:  # the vote k that validation chose, per seed
+    parts.append("vote k " + " / ".join(str(k) for k in row["test_eval_k"]))
   return "; ".join(parts)
 
 

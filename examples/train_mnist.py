@@ -38,6 +38,11 @@ _OVERRIDES = {
   ),
   "k": ("k", "neighbours in the loss and in the kNN vote"),
   "eval_k": ("eval_k", "neighbours in the evaluation's kNN vote (default: --k)"),
+  "eval_k_grid": (
+    "eval_k_grid",
+    "after training, choose the test's vote k among these by the best checkpoint's "
+    "validation accuracy",
+  ),
   "augment_shift": ("augment_shift", "translate training images by up to this many pixels"),
   "tau": ("tau", "relaxation temperature"),
   "num_samples": ("num_samples", "draws averaged per step (vmapped)"),
@@ -64,6 +69,7 @@ _TYPES = {
   "tau": float,
   "lr": float,
 }
+_LISTS = ("eval_k_grid",)  # flags that take several values (a tuple field)
 _CHOICES = {
   "dataset": input_pipeline.DATASETS,
   "estimator": ("relaxed", "straight_through", "simple"),
@@ -90,6 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       f"--{flag}",
       type=_TYPES.get(flag, int),
       choices=_CHOICES.get(flag),
+      nargs="+" if flag in _LISTS else None,
       default=None,
       help=f"{text} (reference: {getattr(configs.reference(), field)})",
     )
@@ -134,7 +141,7 @@ def make_config(args: argparse.Namespace) -> configs.TrainConfig:
   """The named config with every flag that was given applied to it."""
   config = configs.CONFIGS[args.config]()
   changes = {
-    field: getattr(args, flag)
+    field: tuple(getattr(args, flag)) if flag in _LISTS else getattr(args, flag)
     for flag, (field, _) in _OVERRIDES.items()
     if getattr(args, flag) is not None
   }

@@ -115,3 +115,19 @@ def test_a_diverged_run_is_tabled_as_such_and_left_out_of_the_mean():
   # Seeds 0 and 2: mean 98 %, sd 1.41 %; the diverged seed 1 is named, not averaged.
   assert "| 3 | 98.00 ± 1.41 %; seed 1 diverged at step 700 | 98.00 % |" in simple
   assert any(line.startswith("A diverged run's training loss became non-finite") for line in lines)
+
+
+def test_the_vote_k_chosen_on_validation_is_named_per_seed():
+  from benchmarks import dknn_accuracy
+
+  runs = []
+  for seed, vote_k in [(0, 3), (1, 5)]:
+    entry = _entry("long_shift2", seed, 0.995, 600.0, "2-core A")
+    entry["command"] = entry["command"].replace("--seed", "--eval_k_grid 1 3 5 --seed")
+    runs.append(dict(entry, test_eval_k=vote_k))
+  runs.append(dict(_entry("simple", 0, 0.99, 600.0, "2-core A"), test_eval_k=9))
+  results = {"runs": {f"{r['study']}/seed{r['seed']}": r for r in runs}}
+  table = dknn_accuracy.markdown(dknn_accuracy.summarise(results), None)
+  simple, long_shift2 = table.splitlines()[2:]
+  assert "| 2 | 99.50 ± 0.00 %; vote k 3 / 5 | 99.50 % |" in long_shift2
+  assert "vote k" not in simple

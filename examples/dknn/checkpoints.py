@@ -32,6 +32,7 @@ RESUMABLE_FIELDS = frozenset(
     "progress",
     "num_devices",
     "eval_batch_size",
+    "eval_k_grid",
     "checkpoint_every_steps",
   }
 )

@@ -17,6 +17,9 @@ class TrainConfig:
   data_dir: str | None = None  # a directory with the four IDX files; None: the default routes
   k: int = 9  # neighbours in the loss and in the kNN vote
   eval_k: int | None = None  # neighbours in the evaluation's kNN vote; None: k
+  # After training, the best checkpoint's validation accuracy chooses the test's vote k among
+  # these; (): the test votes with eval_k.
+  eval_k_grid: tuple[int, ...] = ()
   tau: float = 1.0  # relaxation temperature
   num_samples: int = 1  # Gumbel draws averaged per step (vmapped)
   estimator: str = "relaxed"  # "relaxed", "straight_through" or "simple" (sj.dknn_loss)

@@ -230,13 +230,41 @@ def evaluate(
   With a multi-device `mesh`, embedding is data-parallel and the bank is sharded
   across devices for the kNN search (merged exactly).
   """
+  return evaluate_ks(
+    state,
+    bank_images,
+    bank_labels,
+    query_images,
+    query_labels,
+    ks=(k,),
+    num_classes=num_classes,
+    batch_size=batch_size,
+    mesh=mesh,
+  )[k]
+
+
+def evaluate_ks(
+  state,
+  bank_images,
+  bank_labels,
+  query_images,
+  query_labels,
+  *,
+  ks,
+  num_classes,
+  batch_size=1000,
+  mesh=None,
+) -> dict[int, float]:
+  """`evaluate` for several vote sizes `ks` from one embedding: {k: accuracy}."""
   mesh = mesh if mesh is not None and mesh.size > 1 else None
   bank = embed(state, bank_images, batch_size, mesh)
   queries = embed(state, query_images, batch_size, mesh)
-  pred = sj.knn_predict(
-    queries, bank, jnp.asarray(bank_labels), k=k, num_classes=num_classes, mesh=mesh
-  )
-  return float(np.mean(np.asarray(pred) == query_labels))
+  labels = jnp.asarray(bank_labels)
+  accuracies = {}
+  for k in ks:
+    pred = sj.knn_predict(queries, bank, labels, k=k, num_classes=num_classes, mesh=mesh)
+    accuracies[k] = float(np.mean(np.asarray(pred) == query_labels))
+  return accuracies
 
 
 def epoch_length(num_train: int, config: TrainConfig) -> int:
@@ -320,6 +348,8 @@ def _check_run_config(config: TrainConfig) -> None:
     raise ValueError(
       f"checkpoint_every_steps must be >= 1 or None; got {config.checkpoint_every_steps}."
     )
+  if any(not isinstance(k, int) or k < 1 for k in config.eval_k_grid):
+    raise ValueError(f"eval_k_grid must hold integers >= 1; got {config.eval_k_grid}.")
 
 
 def train_and_evaluate(
@@ -412,15 +442,15 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
     saved = dict(dataclasses.asdict(position), wall_time_s=wall_time(), **overrides)
     checkpoints.save_latest(state, {"position": saved, "config": dataclasses.asdict(config)})
 
-  def knn_accuracy(state, images, labels):
-    """The training split is the neighbour bank, as in the reference."""
-    return evaluate(
+  def knn_accuracy(state, images, labels, ks=(config.eval_k or config.k,)):
+    """{k: accuracy}; the training split is the neighbour bank, as in the reference."""
+    return evaluate_ks(
       state,
       splits.train_images,
       splits.train_labels,
       images,
       labels,
-      k=config.eval_k or config.k,
+      ks=ks,
       num_classes=splits.num_classes,
       batch_size=config.eval_batch_size,
       mesh=mesh,
@@ -504,7 +534,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
     epochs_done = position.epochs_done(steps_per_epoch)
     step = int(state.step)
     t_eval = time.perf_counter()
-    val_acc = knn_accuracy(state, splits.val_images, splits.val_labels)
+    (val_acc,) = knn_accuracy(state, splits.val_images, splits.val_labels).values()
     eval_time = time.perf_counter() - t_eval
     improved = position.best_val_accuracy is None or val_acc > position.best_val_accuracy
     if improved:
@@ -550,11 +580,20 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
       )
 
   best = checkpoints.restore_best(state)
-  test_acc = None
+  test_acc, test_k, val_by_k = None, config.eval_k or config.k, None
   if best is None:
     log("the run stopped before its first validation: no best checkpoint, no test accuracy")
   else:
-    test_acc = knn_accuracy(best[0], splits.test_images, splits.test_labels)
+    if config.eval_k_grid:
+      val_by_k = knn_accuracy(best[0], splits.val_images, splits.val_labels, config.eval_k_grid)
+      # The highest validation accuracy; a tie goes to the smaller k.
+      test_k = max(sorted(val_by_k), key=val_by_k.get)
+      log(
+        "validation accuracy of the best checkpoint by vote k: "
+        + ", ".join(f"{k}: {acc:.4f}" for k, acc in val_by_k.items())
+        + f"; the test votes with k = {test_k}"
+      )
+    (test_acc,) = knn_accuracy(best[0], splits.test_images, splits.test_labels, (test_k,)).values()
   summary = {
     "final": True,
     "dataset": config.dataset,
@@ -562,6 +601,8 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
     "best_epoch": position.best_epoch,
     "best_step": position.best_step,
     "test_accuracy": test_acc,
+    "test_eval_k": test_k,
+    "val_accuracy_by_eval_k": val_by_k and {str(k): acc for k, acc in val_by_k.items()},
     "epochs_done": position.epochs_done(steps_per_epoch),
     "steps": int(state.step),
     "train_time_s": round(position.train_time_s, 1),

@@ -252,6 +252,30 @@ def test_extending_a_finished_run_supersedes_its_final_record(straight, tmp_path
   assert summary["steps"] == 3 * 23 and summary["train_time_s"] <= summary["wall_time_s"]
 
 
+@pytest.mark.parametrize("grid", [(9,), (1, 3, 9)])
+def test_a_finished_run_chooses_the_test_vote_k_on_validation(straight, tmp_path, grid):
+  workdir = tmp_path / "run"
+  shutil.copytree(straight[0], workdir)
+  with_grid = dataclasses.replace(DIGITS, eval_k_grid=grid)
+  summary = training.train_and_evaluate(with_grid, workdir, resume=True, log=_quiet)
+  assert summary["steps"] == straight[1]["steps"]  # nothing trained: only the evaluation
+  by_k = {int(k): acc for k, acc in summary["val_accuracy_by_eval_k"].items()}
+  assert sorted(by_k) == sorted(grid)
+  # k = 9 is the vote of training's validations: the same accuracy as the best epoch's.
+  assert by_k[9] == straight[1]["best_val_accuracy"]
+  best = max(by_k.values())
+  assert summary["test_eval_k"] == min(k for k, acc in by_k.items() if acc == best)
+  if grid == (9,):
+    assert summary["test_accuracy"] == straight[1]["test_accuracy"]
+  assert straight[1]["test_eval_k"] == 9 and straight[1]["val_accuracy_by_eval_k"] is None
+
+
+def test_an_eval_k_grid_below_one_is_rejected_before_training(tmp_path):
+  with pytest.raises(ValueError, match="eval_k_grid must hold integers >= 1"):
+    training.train_and_evaluate(dataclasses.replace(DIGITS, eval_k_grid=(3, 0)), tmp_path)
+  assert not any(tmp_path.iterdir())
+
+
 def test_resume_with_a_changed_field_names_it_and_changes_nothing(straight):
   workdir, _ = straight
   before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
@@ -357,6 +381,7 @@ def test_example_cli_on_an_mnist_subset_data_parallel(tmp_path):
   flags = [
     *("--max_train_examples", "1000", "--max_test_examples", "500", "--validation_size", "300"),
     *("--epochs", "1", "--time_budget_min", "0", "--no_progress", "--workdir", str(workdir)),
+    *("--eval_k_grid", "1", "9"),
   ]
   run = subprocess.run(
     [sys.executable, str(SCRIPT), *flags], capture_output=True, text=True, timeout=600
@@ -367,6 +392,8 @@ def test_example_cli_on_an_mnist_subset_data_parallel(tmp_path):
   records = metric_writers.read_records(workdir)
   assert [r.get("epoch") for r in records] == [1, None]
   assert records[-1]["final"] and records[-1]["test_accuracy"] > 0.5
+  assert sorted(records[-1]["val_accuracy_by_eval_k"]) == ["1", "9"]
+  assert f"the test votes with k = {records[-1]['test_eval_k']}" in run.stdout
   assert _checkpoint(workdir, "best")[0] == _checkpoint(workdir)[0] == 10
   # Without --host_devices the script takes one CPU device per core (at most 8) and the
   # mesh the most of them that divide the batch of 100.
@@ -397,6 +424,7 @@ def test_example_help_lists_flags():
     "--config",
     "--host_devices",
     "--checkpoint_every",
+    "--eval_k_grid",
   ):
     assert flag in run.stdout
 
