@@ -34,14 +34,31 @@ def compiled_temp_bytes(fn, *args) -> int:
   return int(fn.lower(*args).compile().memory_analysis().temp_size_in_bytes)
 
 
+def _vector_isa(lscpu: str) -> str | None:
+  """The widest x86 vector extension in lscpu's flags: AVX-512 or AVX2 (None otherwise)."""
+  flags = next(
+    (line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), []
+  )
+  if "avx512f" in flags:
+    return "AVX-512"
+  return "AVX2" if "avx2" in flags else None
+
+
 def machine() -> dict[str, str]:
-  """The CPU model (from lscpu where available), the Python and the JAX versions."""
+  """The CPU model and vector extension (from lscpu where available), Python and JAX versions.
+
+  The vector extension is part of the name because one model name ("AMD EPYC") covers
+  machines with and without AVX-512, which run the same program at different speeds.
+  """
   import jax
 
   cpu = platform.processor() or platform.machine()
   try:
     out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
     cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
+    isa = _vector_isa(out)
+    if isa:
+      cpu = f"{cpu} ({isa})"
   except (OSError, StopIteration, subprocess.SubprocessError):
     pass
   return {
