@@ -287,7 +287,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
   import numpy as np
 
   fig, ax = plt.subplots(figsize=(6.4, 4))
-  for study in [*ESTIMATORS, best_tau_study(results)]:
+  for study in dict.fromkeys([*ESTIMATORS, best_tau_study(results)]):  # tau = 1 may be the best
     runs = [r for r in results["runs"].values() if r["study"] == study]
     if study is None or not runs:
       continue
