@@ -215,7 +215,7 @@ def summarise(results: dict) -> list[dict]:
 
 
 def _accuracy(row: dict) -> str:
-  diverged = row.get("diverged", [])
+  diverged = row["diverged"]
   parts = []
   num_finite = len(row["seeds"]) - len(diverged)
   if num_finite == 1:

@@ -442,7 +442,9 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
     saved = dict(dataclasses.asdict(position), wall_time_s=wall_time(), **overrides)
     checkpoints.save_latest(state, {"position": saved, "config": dataclasses.asdict(config)})
 
-  def knn_accuracy(state, images, labels, ks=(config.eval_k or config.k,)):
+  vote_k = config.eval_k or config.k  # validations vote with it, and the test without a grid
+
+  def knn_accuracy(state, images, labels, ks=(vote_k,)):
     """{k: accuracy}; the training split is the neighbour bank, as in the reference."""
     return evaluate_ks(
       state,
@@ -461,7 +463,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
   every = config.checkpoint_every_steps
   out_of_time = False
   diverged_at = None  # the step whose training loss is not finite
-  while position.epoch < config.num_epochs and not out_of_time and diverged_at is None:
+  while position.epoch < config.num_epochs and not out_of_time:
     losses, correctness = [], []
     progress = _Progress(
       steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
@@ -580,7 +582,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
       )
 
   best = checkpoints.restore_best(state)
-  test_acc, test_k, val_by_k = None, config.eval_k or config.k, None
+  test_acc, test_k, val_by_k = None, vote_k, None
   if best is None:
     log("the run stopped before its first validation: no best checkpoint, no test accuracy")
   else:
