@@ -26,6 +26,8 @@ import sys
 
 from dknn import configs, input_pipeline, parallel
 
+import subsets_jax as sj
+
 EXIT_DIVERGED = 3  # the training loss became non-finite; the final record says where
 
 # Flag name -> (config field, help). Each flag's default is the chosen config's value.
@@ -46,7 +48,11 @@ _OVERRIDES = {
   "augment_shift": ("augment_shift", "translate training images by up to this many pixels"),
   "tau": ("tau", "relaxation temperature"),
   "num_samples": ("num_samples", "draws averaged per step (vmapped)"),
-  "estimator": ("estimator", "gradient estimator of the loss: relaxed, straight_through, simple"),
+  "estimator": (
+    "estimator",
+    "gradient estimator of the loss (sj.dknn_loss); score_function needs --num_samples >= 2",
+  ),
+  "lam": ("lam", "I-MLE's lambda, for --estimator imle"),
   "lr": ("learning_rate", "SGD learning rate"),
   "lr_schedule": ("lr_schedule", "constant, or cosine decay to 0 over the epochs"),
   "epochs": ("num_epochs", "training epochs"),
@@ -67,12 +73,13 @@ _TYPES = {
   "estimator": str,
   "lr_schedule": str,
   "tau": float,
+  "lam": float,
   "lr": float,
 }
 _LISTS = ("eval_k_grid",)  # flags that take several values (a tuple field)
 _CHOICES = {
   "dataset": input_pipeline.DATASETS,
-  "estimator": ("relaxed", "straight_through", "simple"),
+  "estimator": sj.ESTIMATORS,
   "lr_schedule": ("constant", "cosine"),
 }
 

@@ -21,6 +21,10 @@ _WITH_KEY = {
   "exactly_k_sample": lambda key: sj.exactly_k_sample(key, _SCORES, 2),
   "simple_topk": lambda key: sj.simple_topk(key, _SCORES, 2),
   "dknn_loss": lambda key: sj.dknn_loss(key, _Q, _N, _QL, _NL, k=2, tau=1.0),
+  "imle_topk": lambda key: sj.imle_topk(key, _SCORES, 2),
+  "sum_of_gamma_noise": lambda key: sj.sum_of_gamma_noise(key, _SCORES, 2),
+  "l2x_relaxed": lambda key: sj.l2x_relaxed(key, _SCORES, 2),
+  "expectation": lambda key: sj.expectation(jnp.sum, key, _SCORES, 2, estimator="simple"),
 }
 _BAD_KEYS = {
   "None": None,

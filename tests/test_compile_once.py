@@ -106,14 +106,69 @@ CALLS = {
     lambda: sj.dknn_loss(_KEY, _Q, _X, _QL, _XL, k=2, tau=1.0, estimator="simple"),
     lambda q: sj.dknn_loss(_KEY, q, _X, _QL, _XL, k=2, tau=1.0, estimator="simple"),
   ),
+  "exactly_k_entropy": (
+    lambda: sj.exactly_k_entropy(_S, 2),
+    lambda s: jnp.sum(sj.exactly_k_entropy(s, 2)),
+  ),
+  "sum_of_gamma_noise": (lambda: sj.sum_of_gamma_noise(_KEY, _S, 2), None),
+  "imle_topk": (
+    lambda: sj.imle_topk(_KEY, _S, 2),
+    lambda s: jnp.sum(sj.imle_topk(_KEY, s, 2)[:, 0] * jnp.arange(2.0)),
+  ),
+  "l2x_relaxed": (
+    lambda: sj.l2x_relaxed(_KEY, _S, 2),
+    lambda s: jnp.sum(sj.l2x_relaxed(_KEY, s, 2)[:, 0]),
+  ),
+  "dknn_loss_score_function": (
+    lambda: sj.dknn_loss(
+      _KEY, _Q, _X, _QL, _XL, k=2, tau=1.0, num_samples=2, estimator="score_function"
+    ),
+    lambda q: sj.dknn_loss(
+      _KEY, q, _X, _QL, _XL, k=2, tau=1.0, num_samples=2, estimator="score_function"
+    ),
+  ),
 }
-_GRAD_INPUT = {"pairwise_sq_distances": _Q, "dknn_loss": _Q, "dknn_loss_simple": _Q}
+
+
+def _row_loss(z):
+  target = jnp.broadcast_to(jnp.array([1.0, 0.0, 1.0, 0.0, 0.0]), z.shape)
+  return jnp.sum((z - target) ** 2, axis=-1)
+
+
+# One entry per estimator (and family): the same `f` object, so a second call hits the cache.
+for _name in sj.ESTIMATORS:
+  _families = sj.FAMILIES if _name == "score_function" else (None,)
+  for _family in _families:
+    _kw = dict(estimator=_name, family=_family, num_samples=2 if _family else 1)
+    _label = f"expectation_{_name}" + (f"_{_family}" if _family else "")
+    CALLS[_label] = (
+      lambda kw=_kw: sj.expectation(_row_loss, _KEY, _S, 2, tau=0.5, **kw),
+      lambda s, kw=_kw: jnp.sum(sj.expectation(_row_loss, _KEY, s, 2, tau=0.5, **kw)),
+    )
+_GRAD_INPUT = {
+  "pairwise_sq_distances": _Q,
+  "dknn_loss": _Q,
+  "dknn_loss_simple": _Q,
+  "dknn_loss_score_function": _Q,
+}
 
 
 def test_every_public_function_is_covered():
-  suffixes = ("_autodiff", "_hard", "_simple")
+  suffixes = ("_autodiff", "_hard", "_simple", "_score_function")
   names = {next((n[: -len(x)] for x in suffixes if n.endswith(x)), n) for n in CALLS}
-  assert names == set(sj.__all__)
+  names = {"expectation" if n.startswith("expectation_") else n for n in names}
+  functions = {name for name in sj.__all__ if callable(getattr(sj, name))}
+  assert names == functions
+  assert {n for n in CALLS if n.startswith("expectation_")} == {
+    f"expectation_{e}" for e in sj.ESTIMATORS if e != "score_function"
+  } | {f"expectation_score_function_{f}" for f in sj.FAMILIES}
+
+
+def test_a_new_lam_or_noise_temperature_compiles_nothing():
+  jax.block_until_ready(sj.imle_topk(_KEY, _S, 2, lam=1.0, noise_temperature=0.5))
+  with count_compiles() as counter:
+    jax.block_until_ready(sj.imle_topk(_KEY, _S, 2, lam=3.0, noise_temperature=2.0))
+  assert counter == []
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))

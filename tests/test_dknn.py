@@ -72,9 +72,59 @@ def test_descending_the_loss_gathers_same_class_neighbours(key):
   assert float(loss_fn(x)) < before - 0.5
 
 
+def _loss_from_public_pieces(key, q, x, qy, xy, *, k, tau, num_samples, estimator, lam):
+  """The dKNN loss written with `pairwise_sq_distances` and `expectation` (the public API)."""
+  scores = -sj.pairwise_sq_distances(q, x)
+  same = (qy[:, None] == xy[None, :]).astype(jnp.float32)
+  if estimator not in ("relaxed", "straight_through", "l2x"):
+    scores = scores / tau  # the distribution's temperature
+  if estimator == "score_function":
+    f = lambda z: -jnp.sum(same * z, axis=-1)
+  else:
+    f = lambda z: -jnp.mean(jnp.sum(same * z, axis=-1))
+  value = sj.expectation(
+    f, key, scores, k, estimator=estimator, num_samples=num_samples, tau=tau, lam=lam
+  )
+  return jnp.mean(value)
+
+
+@pytest.mark.parametrize("estimator", sj.ESTIMATORS)
+def test_every_estimator_is_the_expectation_of_the_loss(estimator, key):
+  q, x, qy, xy = _embeddings(key)
+  # lam is large enough that the upstream gradient (about 1 / (6 * 3) per entry) moves the
+  # I-MLE target's top k.
+  kw = dict(k=3, tau=0.5, num_samples=3, estimator=estimator, lam=100.0)
+  ours = jax.value_and_grad(lambda q: sj.dknn_loss(key, q, x, qy, xy, **kw))(q)
+  pieces = jax.value_and_grad(lambda q: _loss_from_public_pieces(key, q, x, qy, xy, **kw))(q)
+  np.testing.assert_allclose(ours[0], pieces[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours[1], pieces[1], rtol=1e-4, atol=1e-5)
+  assert bool(jnp.any(ours[1] != 0))
+
+
+def test_which_estimators_give_the_same_gradient(key):
+  """The loss is linear in the k-hot: relaxed and straight-through share their gradient
+  bit for bit; every other estimator gives a different one."""
+  q, x, qy, xy = _embeddings(key)
+  grads = {
+    e: jax.grad(
+      lambda q, e=e: sj.dknn_loss(key, q, x, qy, xy, k=3, tau=0.5, num_samples=2, estimator=e)
+    )(q)
+    for e in sj.ESTIMATORS
+  }
+  np.testing.assert_array_equal(grads["relaxed"], grads["straight_through"])
+  others = [e for e in sj.ESTIMATORS if e not in ("relaxed", "straight_through")]
+  for i, a in enumerate(["relaxed", *others]):
+    for b in others[i:]:
+      if a != b:
+        assert not np.allclose(grads[a], grads[b]), (a, b)
+
+
 @pytest.mark.parametrize(
   "kwargs,error,match",
   [
+    (dict(estimator="score_function"), ValueError, "num_samples >= 2"),
+    (dict(estimator="imle", lam=0.0), ValueError, "lam must be finite and > 0"),
+    (dict(estimator="gumbel"), ValueError, "estimator must be one of"),
     (dict(k=0), ValueError, "1 <= k"),
     (dict(k=21), ValueError, "1 <= k"),
     (dict(num_samples=0), ValueError, "num_samples"),

@@ -22,7 +22,8 @@ class TrainConfig:
   eval_k_grid: tuple[int, ...] = ()
   tau: float = 1.0  # relaxation temperature
   num_samples: int = 1  # Gumbel draws averaged per step (vmapped)
-  estimator: str = "relaxed"  # "relaxed", "straight_through" or "simple" (sj.dknn_loss)
+  estimator: str = "relaxed"  # one of sj.ESTIMATORS (sj.dknn_loss)
+  lam: float = 10.0  # I-MLE's lambda (estimator "imle"): the step to its target distribution
   learning_rate: float = 1e-3
   lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 over num_epochs)
   momentum: float = 0.9

@@ -144,6 +144,7 @@ def train_step(
   k,
   num_samples=1,
   estimator="relaxed",
+  lam=10.0,
   separate_passes=False,
 ):
   """One SGD step on the dKNN loss averaged over `num_samples` Gumbel draws (vmapped).
@@ -154,6 +155,7 @@ def train_step(
       `neighbor_images [N, H, W, C]`, `neighbor_labels [N]`.
     key: PRNG key for this step's Gumbel noise.
     tau: temperature (traced: annealing it does not recompile).
+    lam: I-MLE's lambda for estimator "imle" (traced).
     k, num_samples, estimator: static hyperparameters of the loss (`dknn_loss`).
     separate_passes: embed queries and neighbours in two independent forward
       passes instead of one batch (same values; see `prefers_separate_passes`).
@@ -177,6 +179,7 @@ def train_step(
       tau=tau,
       num_samples=num_samples,
       estimator=estimator,
+      lam=lam,
     )
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -494,6 +497,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
           k=config.k,
           num_samples=config.num_samples,
           estimator=config.estimator,
+          lam=config.lam,
           separate_passes=separate_passes,
         )
         metrics = jax.device_get(metrics)

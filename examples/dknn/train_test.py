@@ -11,9 +11,11 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import train_mnist
 from tensorboardX.proto import event_pb2
 
 from dknn import checkpoints, configs, metric_writers, stopping
@@ -439,3 +441,54 @@ def test_query_and_neighbor_embeddings_equal_one_batch_pass():
   together = state.apply_fn({"params": state.params}, images)
   np.testing.assert_allclose(query_emb, together[:3], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(neighbor_emb, together[3:], rtol=1e-5, atol=1e-6)
+
+
+def _one_step(estimator, **kw):
+  """The parameters after one train_step of `estimator` from the same state and batch."""
+  config = dataclasses.replace(DIGITS, estimator=estimator)
+  state = training.create_train_state(jax.random.key(0), config, (8, 8, 1), steps_per_epoch=1)
+  images = jax.random.normal(jax.random.key(1), (40, 8, 8, 1))
+  labels = jnp.arange(40) % 3
+  batch = {
+    "query_images": images[:10],
+    "query_labels": labels[:10],
+    "neighbor_images": images[10:],
+    "neighbor_labels": labels[10:],
+  }
+  state, metrics = training.train_step_jit(
+    state, batch, jax.random.key(2), 1.0, k=3, estimator=estimator, **kw
+  )
+  assert np.isfinite(float(metrics["loss"]))
+  return jax.tree_util.tree_leaves(state.params)
+
+
+def test_relaxed_and_straight_through_train_the_same_step():
+  # The dKNN loss is linear in the k-hot: the two estimators share their gradient bit for bit.
+  _assert_same_params(_one_step("relaxed"), _one_step("straight_through"))
+
+
+@pytest.mark.parametrize(
+  "estimator,kw",
+  [
+    ("simple", {}),
+    ("imle", dict(lam=1000.0)),
+    ("score_function", dict(num_samples=2)),
+    ("l2x", {}),
+  ],
+)
+def test_every_other_estimator_trains_a_different_step(estimator, kw):
+  relaxed = _one_step("relaxed")
+  other = _one_step(estimator, **kw)
+  init = jax.tree_util.tree_leaves(
+    training.create_train_state(jax.random.key(0), DIGITS, (8, 8, 1), steps_per_epoch=1).params
+  )
+  assert any(not np.array_equal(a, b) for a, b in zip(other, init, strict=True)), "no update"
+  assert any(not np.allclose(a, b) for a, b in zip(other, relaxed, strict=True))
+
+
+def test_the_estimator_flags_reach_the_config():
+  args = train_mnist.parse_args(["--estimator", "imle", "--lam", "50"])
+  config = train_mnist.make_config(args)
+  assert (config.estimator, config.lam) == ("imle", 50.0)
+  with pytest.raises(SystemExit):
+    train_mnist.parse_args(["--estimator", "gumbel"])

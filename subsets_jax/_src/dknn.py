@@ -8,9 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from subsets_jax._src import exactly_k, relaxed_topk, validation
-
-ESTIMATORS = ("relaxed", "straight_through", "simple")
+from subsets_jax._src import expectation, imle, relaxed_topk, validation
 
 
 def check_embeddings(query_emb, neighbor_emb, names=("query_emb", "neighbor_emb")):
@@ -91,22 +89,35 @@ def pairwise_sq_distances(
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_samples", "estimator", "vjp"))
-def _dknn_loss(key, query_emb, neighbor_emb, query_labels, neighbor_labels, tau, **static):
+def _dknn_loss(key, query_emb, neighbor_emb, query_labels, neighbor_labels, tau, lam, **static):
   k, estimator = static["k"], static["estimator"]
   scores = -sq_distances(query_emb, neighbor_emb, jax.lax.Precision.HIGHEST)
   dtype = validation.compute_dtype(scores.dtype)
   same_class = (query_labels[:, None] == neighbor_labels[None, :]).astype(dtype)
-
-  def one_draw(draw_key):
-    if estimator == "simple":
-      logits = scores.astype(dtype) / jnp.asarray(tau, dtype)
-      khot = exactly_k.simple_core(draw_key, logits, k)
-    else:
-      hard = estimator == "straight_through"
-      khot = relaxed_topk.relaxed_sample(draw_key, scores, tau, k, hard, static["vjp"], dtype)
-    return -jnp.mean(jnp.sum(same_class * khot, axis=-1))
-
-  return jnp.mean(jax.vmap(one_draw)(jax.random.split(key, static["num_samples"])))
+  tau = jnp.asarray(tau, dtype)
+  if estimator in ("relaxed", "straight_through", "l2x"):
+    logits = scores  # tau is the relaxation's temperature
+  else:
+    logits = scores.astype(dtype) / tau  # tau is the distribution's temperature
+  if estimator == "score_function":
+    # One value per query: each query's log-likelihood multiplies its own loss.
+    f = lambda khot: -jnp.sum(same_class * khot, axis=-1)
+  else:
+    f = lambda khot: -jnp.mean(jnp.sum(same_class * khot, axis=-1))
+  value = expectation.expectation_core(
+    f,
+    key,
+    logits.astype(dtype),
+    k,
+    estimator=estimator,
+    num_samples=static["num_samples"],
+    tau=tau,
+    family=None,
+    lam=jnp.asarray(lam, dtype),
+    noise_temperature=jnp.asarray(1, dtype),
+    vjp=static["vjp"],
+  )
+  return jnp.mean(value)
 
 
 def dknn_loss(
@@ -120,6 +131,7 @@ def dknn_loss(
   tau: ArrayLike,
   num_samples: int = 1,
   estimator: str = "relaxed",
+  lam: ArrayLike = imle.DEFAULT_LAM,
   vjp: str = "recompute",
 ) -> jax.Array:
   r"""Differentiable kNN loss: minus the top-k mass on same-class neighbours.
@@ -140,7 +152,16 @@ def dknn_loss(
   - "straight_through": `gumbel_topk_relaxed(..., hard=True)`, the exact Gumbel-top-k
     k-hot forward with the relaxed gradient;
   - "simple": `simple_topk(keys[t], s_b / tau, k)`, an exact exactly-k sample forward
-    with the gradient of its exact marginals (Ahmed et al.).
+    with the gradient of its exact marginals (Ahmed et al.);
+  - "imle": `imle_topk(keys[t], s_b / tau, k, lam=lam)` (Niepert et al.);
+  - "score_function": exact Gumbel-top-k samples of `s_b / tau`, the score-function
+    gradient with a leave-one-out baseline over the `num_samples >= 2` draws, each
+    query's log-likelihood weighting its own loss;
+  - "l2x": `l2x_relaxed(keys[t], s_b, k, tau)` (Chen et al.).
+
+  All are the estimators of `expectation`, with `f` the loss of a k-hot. The loss is
+  linear in :math:`h`, so "relaxed" and "straight_through" give bitwise the same
+  gradient (they differ in the loss value only): training with either is the same run.
 
   Args:
     key: a PRNG key.
@@ -150,8 +171,10 @@ def dknn_loss(
     neighbor_labels: integer `[N]` class ids.
     k: neighbours per query, a Python int (static).
     tau: temperature > 0, a real scalar; may be traced.
-    num_samples: draws averaged per query, a Python int >= 1 (static).
-    estimator: "relaxed", "straight_through" or "simple" (static).
+    num_samples: draws averaged per query, a Python int >= 1 (>= 2 for
+      "score_function") (static).
+    estimator: one of `ESTIMATORS` (static).
+    lam: I-MLE's :math:`\lambda`, a real scalar > 0 (as `imle_topk`); may be traced.
     vjp: gradient mode of the relaxation, as in `soft_topk` (static).
 
   Returns:
@@ -161,9 +184,9 @@ def dknn_loss(
   Raises:
     TypeError: non-floating embeddings, non-integer labels, non-int `k`, non-real `tau`,
       or a `key` that is not a PRNG key.
-    ValueError: mismatched shapes, `k` outside `[1, N]`, `num_samples < 1`, unknown
-      `estimator` or `vjp`, concrete `tau` not finite and > 0, or concrete embeddings
-      that are not finite.
+    ValueError: mismatched shapes, `k` outside `[1, N]`, `num_samples < 1` (< 2 for
+      "score_function"), unknown `estimator` or `vjp`, concrete `tau` or `lam` not
+      finite and > 0, or concrete embeddings that are not finite.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -187,8 +210,8 @@ def dknn_loss(
   k = validation.check_k(k, num_neighbors)
   tau = validation.check_tau(tau)
   num_samples = validation.check_positive_int(num_samples, "num_samples")
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
+  expectation.check_estimator(estimator, None, num_samples)
+  lam = validation.check_tau(lam, name="lam")
   relaxed_topk.check_vjp(vjp)
   key = validation.check_key(key)
   return _dknn_loss(
@@ -198,6 +221,7 @@ def dknn_loss(
     query_labels,
     neighbor_labels,
     tau,
+    lam,
     k=k,
     num_samples=num_samples,
     estimator=estimator,

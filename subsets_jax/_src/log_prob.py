@@ -138,7 +138,11 @@ def unordered_subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Arra
 
 @jax.jit
 def _unordered_subset_log_prob(scores, indices):
-  scores = scores.astype(validation.compute_dtype(scores.dtype))
+  return unordered_log_prob_core(scores.astype(validation.compute_dtype(scores.dtype)), indices)
+
+
+def unordered_log_prob_core(scores: jax.Array, indices: jax.Array) -> jax.Array:
+  """`unordered_subset_log_prob` of checked arguments, scores in the compute dtype."""
   k = indices.shape[-1]
   item = jax.lax.broadcasted_iota(indices.dtype, scores.shape, scores.ndim - 1)
   in_set = jnp.any(indices[..., :, None] == item[..., None, :], axis=-2)
