@@ -23,7 +23,20 @@ FUNCTIONS = {
   "exactly_k_marginals": lambda s: sj.exactly_k_marginals(s, 2),
   "exactly_k_log_prob": lambda s: sj.exactly_k_log_prob(s, _IDX),
   "simple_topk": lambda s: sj.simple_topk(_KEY, s, 2),
+  "exactly_k_entropy": lambda s: sj.exactly_k_entropy(s, 2),
+  "imle_topk": lambda s: sj.imle_topk(_KEY, s, 2),
+  "l2x_relaxed": lambda s: sj.l2x_relaxed(_KEY, s, 2),
 }
+# Every estimator of `expectation`, with a per-row `f`.
+for _estimator in sj.ESTIMATORS:
+  FUNCTIONS[f"expectation_{_estimator}"] = lambda s, e=_estimator: sj.expectation(
+    lambda z: jnp.sum(z * jnp.broadcast_to(jnp.arange(5.0), z.shape), axis=-1),
+    _KEY,
+    s,
+    2,
+    estimator=e,
+    num_samples=2 if e == "score_function" else 1,
+  )
 _VALID = jnp.array([0.3, -1.0, 2.0, 0.5, -jnp.inf])
 
 
@@ -52,9 +65,11 @@ def test_dknn_loss_of_traced_nan_embeddings_is_nan(key):
   q = jnp.ones((4, 3)).at[2, 1].set(jnp.nan)
   x = jnp.linspace(0, 1, 18).reshape(6, 3)
   ql, xl = jnp.array([0, 1, 0, 1]), jnp.array([0, 1, 1, 0, 1, 0])
-  for estimator in ("relaxed", "straight_through", "simple"):
+  for estimator in sj.ESTIMATORS:
     loss = jax.jit(
-      lambda q, e=estimator: sj.dknn_loss(key, q, x, ql, xl, k=2, tau=1.0, estimator=e)
+      lambda q, e=estimator: sj.dknn_loss(
+        key, q, x, ql, xl, k=2, tau=1.0, estimator=e, num_samples=2
+      )
     )(q)
     assert np.isnan(float(loss)), estimator
 
