@@ -128,3 +128,23 @@ def test_jit_and_vmap(fn, rng):
 def test_bad_indices_rejected(fn, idx, error, match):
   with pytest.raises(error, match=match):
     fn(jnp.zeros(5), idx)
+
+
+def test_widely_spread_scores_have_finite_float32_gradients():
+  # A set holding the largest scores, 84 nats above the rest: exp(z + l) overflows float32 at
+  # the top quadrature nodes, which must not turn the gradient into NaN.
+  t = np.array([63.26, 22.37, -18.85, 65.98, 17.78, -29.09, -52.39, -66.71, -20.10, 19.30])
+  idx = jnp.array([3, 0, 1, 9, 4])
+  fn = lambda s: sj.unordered_subset_log_prob(s, idx)
+  value = fn(jnp.asarray(t, jnp.float32))
+  grad = jax.grad(fn)(jnp.asarray(t, jnp.float32))
+  assert np.all(np.isfinite(grad)) and float(value) <= 0.0
+  with jax.enable_x64(True):
+    grad64 = np.asarray(jax.grad(fn)(jnp.asarray(t, jnp.float64)))
+  np.testing.assert_allclose(np.asarray(grad), grad64, atol=1e-6)
+  # Half as spread, the gradient is not negligible and still matches float64.
+  half = jax.grad(fn)(jnp.asarray(t / 8, jnp.float32))
+  with jax.enable_x64(True):
+    half64 = np.asarray(jax.grad(fn)(jnp.asarray(t / 8, jnp.float64)))
+  assert np.abs(half64).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(half), half64, rtol=1e-3, atol=1e-6)

@@ -77,7 +77,9 @@ def _log1m_exp_neg_exp(y: jax.Array) -> jax.Array:
   large = y > math.log(math.log(2.0))
   y_mid = jnp.where(tiny | large, -1.0, y)
   mid = jnp.log(-jnp.expm1(-jnp.exp(y_mid)))
-  y_large = jnp.where(large, y, 0.0)
+  # Beyond y = 30, exp(-exp(y)) is 0 in every float type; capping y keeps exp(y) finite, so
+  # the backward pass never multiplies an infinite exp(y) by a zero exp(-exp(y)).
+  y_large = jnp.where(large, jnp.minimum(y, 30.0), 0.0)
   large_val = jnp.log1p(-jnp.exp(-jnp.exp(y_large)))
   y_tiny = jnp.where(tiny, y, -30.0)
   tiny_val = y_tiny - 0.5 * jnp.exp(y_tiny)
@@ -165,4 +167,6 @@ def unordered_log_prob_core(scores: jax.Array, indices: jax.Array) -> jax.Array:
   log_p = jax.nn.logsumexp(log_integrand, axis=-1) + math.log(step)
   log_p = jnp.where(jnp.any(excluded, axis=-1), neg_inf, log_p)
   log_p = jnp.where(rest_empty[..., 0], 0, log_p)
+  # A probability is at most 1; the quadrature can round a hair above it.
+  log_p = jnp.minimum(log_p, 0)
   return validation.nan_where(validation.bad_rows(scores)[..., 0], log_p)
