@@ -173,7 +173,8 @@ def main(argv=None) -> int:
       num_processes=args.num_processes,
       process_id=args.process_id,
     )
-  from dknn import checkpoints, stopping, train
+  from dknn import train
+  from harness import checkpoints, stopping
 
   config = make_config(args)
   workdir = args.workdir or f"runs/{config.dataset}"

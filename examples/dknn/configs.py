@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Hyperparameters of a run; the defaults are the reference protocol on MNIST."""
+
+  # Besides the harness's (epochs, time budget, ...): the vote ks tried after training.
+  extra_resumable_fields: ClassVar[frozenset[str]] = frozenset({"eval_k_grid"})
 
   dataset: str = "mnist"  # "mnist", "fashion_mnist" or "digits"
   data_dir: str | None = None  # a directory with the four IDX files; None: the default routes

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import functools
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from harness import checkpoints as ckpt
+from harness import loop, metric_writers, stopping
 
 import subsets_jax as sj
 
-from . import checkpoints as ckpt
 from . import input_pipeline as datasets
-from . import metric_writers, stopping
 from . import parallel as sharding
 from .configs import TrainConfig
 from .models import ConvNet
@@ -299,31 +298,6 @@ def epoch_batches(num_train: int, config: TrainConfig, epoch: int):
     )
 
 
-class _Progress:
-  """A tqdm bar (steps/s and loss) when tqdm is installed, `enabled`, and the output is a
-  terminal; else silent, so that a log file gets only the per-epoch summary lines.
-  """
-
-  def __init__(self, total: int, initial: int, desc: str, enabled: bool):
-    self.bar = None
-    if enabled and sys.stdout.isatty():
-      try:
-        from tqdm.auto import tqdm
-      except ImportError:
-        pass
-      else:
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stdout)
-
-  def update(self, metrics: dict[str, float]) -> None:
-    if self.bar is not None:
-      self.bar.update(1)
-      self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-
-
 @dataclasses.dataclass
 class RunPosition:
   """Where a run stands; saved with every latest checkpoint (`meta`) and restored on resume.
@@ -468,7 +442,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
   diverged_at = None  # the step whose training loss is not finite
   while position.epoch < config.num_epochs and not out_of_time:
     losses, correctness = [], []
-    progress = _Progress(
+    progress = loop.Progress(
       steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
     )
     t_loop = time.perf_counter()
@@ -511,7 +485,7 @@ def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str
           break
         losses.append(float(metrics["loss"]))
         correctness.append(float(metrics["top_k_correctness"]))
-        progress.update(metrics)
+        progress.update(float(metrics["loss"]))
         position.step_in_epoch = i + 1
         step = int(state.step)
         if step % _LOG_EVERY_STEPS == 0:

@@ -16,9 +16,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import train_mnist
+from harness import checkpoints, metric_writers, stopping
 from tensorboardX.proto import event_pb2
 
-from dknn import checkpoints, configs, metric_writers, stopping
+from dknn import configs
 from dknn import train as training
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

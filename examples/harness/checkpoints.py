@@ -20,11 +20,10 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from .configs import TrainConfig
-
 CHECKPOINTS = "checkpoints"
 # Fields that may differ between a run and its resumption: they change neither the model,
-# nor the data, nor the random streams (the device count only changes float rounding).
+# nor the data, nor the random streams (the device count only changes float rounding). A
+# configuration class adds its own in a class attribute `extra_resumable_fields`.
 RESUMABLE_FIELDS = frozenset(
   {
     "num_epochs",
@@ -32,7 +31,6 @@ RESUMABLE_FIELDS = frozenset(
     "progress",
     "num_devices",
     "eval_batch_size",
-    "eval_k_grid",
     "checkpoint_every_steps",
   }
 )
@@ -42,16 +40,17 @@ class ConfigMismatchError(ValueError):
   """A resumed run's configuration differs from the saved one in a field that matters."""
 
 
-def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-  """The fields of `config` that may not differ from the `saved` configuration, described.
+def config_differences(saved: dict[str, Any], config) -> list[str]:
+  """The fields of the dataclass `config` that may not differ from the `saved` one, described.
 
   `num_epochs` may change unless the learning-rate schedule depends on it (cosine).
   """
   current = dataclasses.asdict(config)
   # A field that a run's version did not have yet held its default.
-  saved = {**dataclasses.asdict(TrainConfig()), **saved}
-  fixed = set(current) - RESUMABLE_FIELDS
-  if config.lr_schedule == "cosine" or saved.get("lr_schedule") == "cosine":
+  saved = {**dataclasses.asdict(type(config)()), **saved}
+  resumable = RESUMABLE_FIELDS | getattr(config, "extra_resumable_fields", frozenset())
+  fixed = set(current) - resumable
+  if getattr(config, "lr_schedule", None) == "cosine" or saved.get("lr_schedule") == "cosine":
     fixed.add("num_epochs")  # the cosine schedule spans num_epochs
   return [
     f"{name}: saved {saved.get(name, '<absent>')!r}, now {current.get(name, '<absent>')!r}"
@@ -60,7 +59,7 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
   ]
 
 
-def check_resumable(saved: dict[str, Any], config: TrainConfig, workdir: pathlib.Path) -> None:
+def check_resumable(saved: dict[str, Any], config, workdir: pathlib.Path) -> None:
   """Raises `ConfigMismatchError` naming every field that differs and its two values."""
   differences = config_differences(saved, config)
   if differences:
@@ -84,7 +83,7 @@ class Checkpoints:
       if jax.process_index() == 0:
         shutil.rmtree(self.root, ignore_errors=True)
       if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("dknn: old checkpoints removed")
+        multihost_utils.sync_global_devices("harness: old checkpoints removed")
     # Two kept in `latest`: the previous one survives while a newer one is written.
     self.latest = self._manager("latest", max_to_keep=2)
     self.best = self._manager("best", max_to_keep=1)
