@@ -63,6 +63,15 @@ def run_one(dataset: str, estimator: str, seed: int, root: pathlib.Path) -> dict
   }
 
 
+def _held(lock: pathlib.Path) -> bool:
+  """Whether a live sweep process runs this entry (its lock names the process)."""
+  try:
+    os.kill(int(lock.read_text()), 0)
+  except (OSError, ValueError):
+    return False
+  return True
+
+
 def _mean_sd(values: list[float], digits: int) -> str:
   if len(values) == 1:
     return f"{values[0]:.{digits}f}"
@@ -129,6 +138,9 @@ def main(argv=None) -> int:
   p.add_argument("--datasets", nargs="+", default=list(data.DATASETS), choices=data.DATASETS)
   p.add_argument("--estimators", nargs="+", default=list(sj.ESTIMATORS), choices=sj.ESTIMATORS)
   p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. SEEDS - 1")
+  p.add_argument(
+    "--reverse", action="store_true", help="the last seed first (a second sweep process)"
+  )
   p.add_argument("--root", default=str(REPO / "runs" / "l2x"), help="the runs' work directories")
   p.add_argument("--table", default=str(DEFAULT_TABLE), help="path of the table, no suffix")
   p.add_argument("--report", action="store_true", help="only rewrite the table and figure")
@@ -137,15 +149,25 @@ def main(argv=None) -> int:
   path = table.with_suffix(".json")
   results = json.loads(path.read_text()) if path.exists() else {}
   if not args.report:
-    for seed in range(args.seeds):
+    seeds = range(args.seeds)
+    for seed in reversed(seeds) if args.reverse else seeds:
       for dataset in args.datasets:
         for estimator in args.estimators:
           key = f"{dataset}/{estimator}/seed{seed}"
-          if key in results:
+          # Another sweep process may have run it (each writes what it finds plus its own).
+          results = json.loads(path.read_text()) if path.exists() else {}
+          lock = pathlib.Path(args.root) / f"{key}.lock"
+          if key in results or _held(lock):
             continue
-          results[key] = run_one(dataset, estimator, seed, pathlib.Path(args.root))
-          path.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
-          entry = results[key]
+          lock.parent.mkdir(parents=True, exist_ok=True)
+          lock.write_text(str(os.getpid()))
+          entry = run_one(dataset, estimator, seed, pathlib.Path(args.root))
+          results = json.loads(path.read_text()) if path.exists() else {}
+          results[key] = entry
+          tmp = path.with_suffix(".tmp")
+          tmp.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
+          tmp.replace(path)
+          lock.unlink()
           print(
             f"{key}: median rank {entry['median_rank']:.3f}, post-hoc accuracy "
             f"{entry['posthoc_accuracy']:.4f}, {entry['train_time_s']:.0f} s",
