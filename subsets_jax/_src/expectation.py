@@ -158,7 +158,7 @@ def expectation(
                                           (f_t - b_t) \nabla \log p(S_t)` with the
                                           leave-one-out baseline :math:`b_t` (Kool et al.
                                           2019), unbiased
-  ``"l2x"``               --              `l2x_relaxed(key, scores, k, tau)` (Chen et al.
+  ``"l2x"``               k categoricals  `l2x_relaxed(key, scores, k, tau)` (Chen et al.
                                           2018)
   ======================  ==============  ===============================================
 
