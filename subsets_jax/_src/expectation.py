@@ -189,9 +189,9 @@ def expectation(
     noise_temperature: I-MLE's noise scale, a real scalar >= 0; may be traced.
 
   Returns:
-    The estimate, a scalar or `scores.shape[:-1]` like the output of `f`, in the dtype
-    of `f`'s output; NaN where a traced row of `scores` holds NaN or `+inf` (every value
-    for a scalar `f`).
+    The estimate, with the shape and dtype of `f`'s output (a scalar, or one value per
+    row); NaN where a traced row of `scores` holds NaN or `+inf` (every value for a scalar
+    `f`).
 
   Raises:
     TypeError: `f` not callable or not returning a real floating value; `key` not a PRNG
