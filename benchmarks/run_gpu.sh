@@ -5,7 +5,7 @@
 # CUDA for the comparison; NO_TORCH=1 skips it):
 #   OUT=gpu-run bash benchmarks/run_gpu.sh
 # Writes into $OUT: env.txt, tests.txt (each test's outcome), op_gpu.json,
-# train_step_gpu.json and log.txt (everything printed). Each stage has its own time limit
+# estimators_gpu.json, train_step_gpu.json and log.txt (everything printed). Each stage has its own time limit
 # (T_TESTS, T_OP, T_NOISE, T_TRAIN seconds), so one that hangs does not lose the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,8 @@ stage() {  # stage SECONDS NAME COMMAND...: run with a time limit, log, keep goi
   stage "${T_OP:-200}" op "$PY" -m benchmarks.bench_op "${torch_args[@]}" --rounds 2 \
     --repeats 30 --out "$OUT/op_gpu.json"
   stage "${T_NOISE:-60}" noise "$PY" -m benchmarks.bench_noise
+  stage "${T_EST:-120}" estimators "$PY" -m benchmarks.bench_estimators --repeats 9 \
+    --out "$OUT/estimators_gpu.json"
   stage "${T_TRAIN:-150}" train_step "$PY" -m benchmarks.bench_train_step "${torch_args[@]}" \
     --steps 60 --out "$OUT/train_step_gpu.json"
 } 2>&1 | tee "$OUT/log.txt"
