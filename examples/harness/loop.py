@@ -70,13 +70,15 @@ class RunPosition:
 
 
 class Progress:
-  """A tqdm bar when enabled and the output is a terminal; else silent."""
+  """A tqdm bar when enabled, installed, and the output is a terminal; else silent."""
 
   def __init__(self, total: int, initial: int, desc: str, enabled: bool):
     self.bar = None
     if enabled and sys.stdout.isatty():
-      from tqdm.auto import tqdm
-
+      try:
+        from tqdm.auto import tqdm
+      except ImportError:  # tqdm is optional: without it the log has the epoch lines only
+        return
       self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stdout)
 
   def update(self, loss: float) -> None:

@@ -343,8 +343,9 @@ def entropy_core(logits: jax.Array, k: int) -> jax.Array:
   top = jnp.max(jnp.where(finite, logits, -jnp.inf), axis=-1, keepdims=True)
   top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
   x = jnp.where(finite, logits - top, -jnp.inf)
-  log_z = _log_partition(x, k)
-  mu = marginals_core(x, k)
+  # One pass of the recursion gives log Z and, by its VJP, the marginals mu = d log Z / dx.
+  log_z, vjp = jax.vjp(lambda x: _log_partition(x, k), x)
+  (mu,) = vjp(jnp.ones_like(log_z))
   # Excluded items have mu = 0; multiplying by 0 rather than -inf keeps the gradient finite.
   mean_score = jnp.sum(mu * jnp.where(finite, x, 0), axis=-1)
   # H >= 0; rounding can leave a few ulp below 0 where the distribution is (nearly) a point.

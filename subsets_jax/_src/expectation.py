@@ -231,7 +231,9 @@ def expectation(
   validation.check_enough_finite(scores, k)
   tau = validation.check_tau(tau)
   lam = validation.check_tau(lam, name="lam")
-  noise_temperature = imle.check_noise_temperature(noise_temperature)
+  noise_temperature = validation.check_tau(
+    noise_temperature, name="noise_temperature", allow_zero=True
+  )
   key = validation.check_key(key)
   _check_output(f, scores)
   return _expectation_jit(

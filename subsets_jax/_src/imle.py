@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from subsets_jax._src import gumbel, validation
@@ -172,26 +170,6 @@ def _imle_jit(key, logits, lam, noise_temperature, *, k, terms):
   return imle_core(key, logits.astype(dtype), k, lam, temperature, terms).astype(logits.dtype)
 
 
-def check_noise_temperature(value):
-  """A real scalar >= 0 (0: no noise); its value is checked when concrete."""
-  if isinstance(value, bool) or not isinstance(
-    value, (int, float, np.ndarray, np.number, jax.Array)
-  ):
-    raise TypeError(
-      "noise_temperature must be a real scalar (a Python float or a 0-d array); got "
-      f"{type(value).__name__}."
-    )
-  if not jnp.issubdtype(jnp.result_type(value), jnp.number) or jnp.iscomplexobj(value):
-    raise TypeError(f"noise_temperature must be a real scalar; got dtype {jnp.result_type(value)}.")
-  if jnp.ndim(value) != 0:
-    raise ValueError(f"noise_temperature must be a scalar; got shape {jnp.shape(value)}.")
-  if validation.is_concrete(value):
-    v = float(value)
-    if not (math.isfinite(v) and v >= 0):
-      raise ValueError(f"noise_temperature must be finite and >= 0; got {v}.")
-  return value
-
-
 def imle_topk(
   key: ArrayLike,
   logits: ArrayLike,
@@ -259,7 +237,9 @@ def imle_topk(
   k = validation.check_k(k, logits.shape[-1])
   validation.check_enough_finite(logits, k, name="logits")
   lam = validation.check_tau(lam, name="lam")
-  noise_temperature = check_noise_temperature(noise_temperature)
+  noise_temperature = validation.check_tau(
+    noise_temperature, name="noise_temperature", allow_zero=True
+  )
   terms = validation.check_positive_int(terms, "terms")
   key = validation.check_key(key)
   return _imle_jit(key, logits, lam, noise_temperature, k=k, terms=terms)

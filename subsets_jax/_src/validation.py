@@ -108,8 +108,9 @@ def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> N
       )
 
 
-def check_tau(tau, *, name: str = "tau"):
-  """`tau` is a real scalar; when concrete it must be finite and > 0. Returns it."""
+def check_tau(tau, *, name: str = "tau", allow_zero: bool = False):
+  """`tau` is a real scalar; when concrete it must be finite and > 0 (>= 0 with
+  `allow_zero`). Returns it."""
   if isinstance(tau, bool) or not isinstance(tau, (int, float, np.ndarray, np.number, jax.Array)):
     raise TypeError(
       f"{name} must be a real scalar (a Python float or a 0-d array); got {type(tau).__name__}."
@@ -121,8 +122,9 @@ def check_tau(tau, *, name: str = "tau"):
     raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(tau)}.")
   if is_concrete(tau):
     value = float(tau)
-    if not (np.isfinite(value) and value > 0):
-      raise ValueError(f"{name} must be finite and > 0; got {value}.")
+    if not (np.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+      bound = ">= 0" if allow_zero else "> 0"
+      raise ValueError(f"{name} must be finite and {bound}; got {value}.")
   return tau
 
 
