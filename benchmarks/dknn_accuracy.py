@@ -41,7 +41,6 @@ SMOKE_FLAGS = ("--config", "digits", "--epochs", "1")
 TAU_GRID = (0.1, 1.0, 4.0, 16.0)
 EVAL_K_GRID = (1, 3, 5, 7, 9, 11, 13, 15)
 DEFAULT_TABLE = "docs/results/dknn_accuracy"
-README_START, README_END = "<!-- dknn_accuracy table -->", "<!-- end of dknn_accuracy table -->"
 
 # Study name -> (description, flags). `best_tau` resolves to a grid study once the grid ran.
 STUDIES = {
@@ -80,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument(
     "--table",
     default=DEFAULT_TABLE,
-    help="writes TABLE.json, TABLE.md and TABLE.png (the default one also into README.md)",
+    help="writes TABLE.json, TABLE.md and TABLE.png",
   )
   p.add_argument("--smoke", action="store_true", help="digits, one epoch: a check of the sweep")
   p.add_argument("--report", action="store_true", help="only rewrite the table from its JSON")
@@ -306,22 +305,12 @@ def plot(results: dict, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def update_readme(text: str) -> None:
-  """Puts the table between the README's markers."""
-  readme = REPO / "README.md"
-  content = readme.read_text()
-  start, end = content.index(README_START), content.index(README_END)
-  readme.write_text(content[: start + len(README_START)] + "\n" + text + content[end:])
-
-
 def report(table: pathlib.Path, results: dict) -> None:
   rows = summarise(results)
   results["summary"] = rows
   save(table, results)
   text = markdown(rows, best_tau_study(results))
   table.with_suffix(".md").write_text(text)
-  if table == REPO / DEFAULT_TABLE:
-    update_readme(text)
   if rows:
     plot(results, table.with_suffix(".png"))
   print(table.with_suffix(".md").read_text())

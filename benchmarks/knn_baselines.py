@@ -31,8 +31,9 @@ from benchmarks import common
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 
-from dknn import configs, input_pipeline  # noqa: E402
+from dknn import configs  # noqa: E402
 from dknn import train as dknn_train  # noqa: E402
+from harness import image_data  # noqa: E402
 
 KS = (1, 3, 5, 9)
 PUBLISHED = {  # NeuralSort, Table 3: (pixels, PCA-50)
@@ -55,7 +56,7 @@ def run(dataset: str) -> dict:
   from sklearn.decomposition import PCA
 
   config = configs.TrainConfig(dataset=dataset)
-  splits = dknn_train.make_splits(input_pipeline.load(dataset), config)
+  splits = dknn_train.make_splits(image_data.load(dataset), config)
   flat = lambda images: images.reshape(len(images), -1).astype(np.float32)
   train_x, test_x = flat(splits.train_images), flat(splits.test_images)
   t0 = time.perf_counter()

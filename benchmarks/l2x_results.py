@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import pathlib
 import statistics
 import sys
 
-from benchmarks import common
+from benchmarks import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -32,8 +30,6 @@ from l2x import configs, data  # noqa: E402
 import subsets_jax as sj  # noqa: E402
 
 DEFAULT_TABLE = REPO / "docs" / "results" / "l2x"
-_MACHINE = common.machine()
-_HARDWARE = f"{os.cpu_count()}-core {_MACHINE['cpu']}, JAX {_MACHINE['jax']}"
 
 
 def command(dataset: str, estimator: str, seed: int) -> str:
@@ -57,25 +53,10 @@ def run_one(dataset: str, estimator: str, seed: int, root: pathlib.Path) -> dict
     "train_time_s": summary["train_time_s"],
     "epochs": summary["epochs_done"],
     "diverged_at_step": summary["diverged_at_step"],
-    "hardware": _HARDWARE,
+    "hardware": sweep.HARDWARE,
     "date": datetime.date.today().isoformat(),
     "command": command(dataset, estimator, seed),
   }
-
-
-def _held(lock: pathlib.Path) -> bool:
-  """Whether a live sweep process runs this entry (its lock names the process)."""
-  try:
-    os.kill(int(lock.read_text()), 0)
-  except (OSError, ValueError):
-    return False
-  return True
-
-
-def _mean_sd(values: list[float], digits: int) -> str:
-  if len(values) == 1:
-    return f"{values[0]:.{digits}f}"
-  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def report(results: dict, table: pathlib.Path) -> str:
@@ -96,7 +77,8 @@ def report(results: dict, table: pathlib.Path) -> str:
       times = [r["train_time_s"] for r in runs]
       lines.append(
         f"| {dataset} ({data.K[dataset]}, {optimum:g}) | {estimator} | {len(runs)} | "
-        f"{_mean_sd(ranks, 3)} | {_mean_sd(accuracy, 2)} % | {statistics.mean(times):.0f} s |"
+        f"{sweep.mean_sd(ranks, 3)} | {sweep.mean_sd(accuracy, 2)} % | "
+        f"{statistics.mean(times):.0f} s |"
       )
   machines = sorted({r["hardware"] for r in results.values()})
   dates = sorted({r["date"] for r in results.values()})
@@ -147,32 +129,25 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   table = pathlib.Path(args.table)
   path = table.with_suffix(".json")
-  results = json.loads(path.read_text()) if path.exists() else {}
-  if not args.report:
-    seeds = range(args.seeds)
-    for seed in reversed(seeds) if args.reverse else seeds:
-      for dataset in args.datasets:
-        for estimator in args.estimators:
-          key = f"{dataset}/{estimator}/seed{seed}"
-          # Another sweep process may have run it (each writes what it finds plus its own).
-          results = json.loads(path.read_text()) if path.exists() else {}
-          lock = pathlib.Path(args.root) / f"{key}.lock"
-          if key in results or _held(lock):
-            continue
-          lock.parent.mkdir(parents=True, exist_ok=True)
-          lock.write_text(str(os.getpid()))
-          entry = run_one(dataset, estimator, seed, pathlib.Path(args.root))
-          results = json.loads(path.read_text()) if path.exists() else {}
-          results[key] = entry
-          tmp = path.with_suffix(".tmp")
-          tmp.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
-          tmp.replace(path)
-          lock.unlink()
-          print(
-            f"{key}: median rank {entry['median_rank']:.3f}, post-hoc accuracy "
-            f"{entry['posthoc_accuracy']:.4f}, {entry['train_time_s']:.0f} s",
-            flush=True,
-          )
+  seeds = list(reversed(range(args.seeds))) if args.reverse else list(range(args.seeds))
+  keys = [
+    f"{dataset}/{estimator}/seed{seed}"
+    for seed in seeds
+    for dataset in args.datasets
+    for estimator in args.estimators
+  ]
+
+  def run_key(key: str) -> dict:
+    dataset, estimator, seed = key.split("/")
+    return run_one(dataset, estimator, int(seed.removeprefix("seed")), pathlib.Path(args.root))
+
+  def describe(key: str, entry: dict) -> str:
+    return (
+      f"{key}: median rank {entry['median_rank']:.3f}, post-hoc accuracy "
+      f"{entry['posthoc_accuracy']:.4f}, {entry['train_time_s']:.0f} s"
+    )
+
+  results = sweep.run_or_load(args.report, keys, run_key, path, pathlib.Path(args.root), describe)
   if results:
     print(report(results, table))
   return 0

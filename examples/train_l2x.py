@@ -18,51 +18,28 @@ continues bit for bit. Metrics go to <workdir>/metrics.jsonl and TensorBoard eve
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from harness import flags
+from harness import cli
 from l2x import configs
 
-EXIT_DIVERGED = 3  # the training loss became non-finite; the final record says where
 
+def _train():
+  from l2x import train
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-    description=__doc__.split("\n\n")[0],
-    epilog="Exit status: 0 done; 2 a resume with a changed field; "
-    f"{EXIT_DIVERGED} the training loss became non-finite; 130 or 143 interrupted by SIGINT "
-    "or SIGTERM (continue with --resume).",
-  )
-  flags.add_config_flags(p, configs.TrainConfig, configs.TrainConfig())
-  p.add_argument(
-    "--workdir", default=None, help="metrics and checkpoints (default: runs/l2x/<dataset>)"
-  )
-  p.add_argument(
-    "--resume", action="store_true", help="continue the run in --workdir from its checkpoint"
-  )
-  return p.parse_args(argv)
+  return train.train_and_evaluate
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  config = flags.config_from_flags(args, configs.TrainConfig())
-  from harness import checkpoints, stopping
-  from l2x import train
-
-  workdir = args.workdir or f"runs/l2x/{config.dataset}"
-  try:
-    summary = train.train_and_evaluate(config, workdir, resume=args.resume)
-  except stopping.TrainingInterrupted as stop:
-    print(stop, file=sys.stderr)
-    return stop.exit_code
-  except checkpoints.ConfigMismatchError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  fields = ("median_rank", "posthoc_accuracy", "train_time_s", "diverged_at_step")
-  print(json.dumps({name: summary.get(name) for name in fields}))
-  return 0 if summary["diverged_at_step"] is None else EXIT_DIVERGED
+  return cli.main(
+    argv,
+    __doc__,
+    configs.TrainConfig,
+    train_and_evaluate=_train,
+    default_workdir=lambda config: f"runs/l2x/{config.dataset}",
+    workdir_help="metrics and checkpoints (default: runs/l2x/<dataset>)",
+    fields=("median_rank", "posthoc_accuracy", "train_time_s", "diverged_at_step"),
+  )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import dataclasses
 import json
 import sys
 
-from dknn import configs, input_pipeline, parallel
+from dknn import configs, parallel
+from harness import image_data
 
 import subsets_jax as sj
 
@@ -78,7 +79,7 @@ _TYPES = {
 }
 _LISTS = ("eval_k_grid",)  # flags that take several values (a tuple field)
 _CHOICES = {
-  "dataset": input_pipeline.DATASETS,
+  "dataset": image_data.DATASETS,
   "estimator": sj.ESTIMATORS,
   "lr_schedule": ("constant", "cosine"),
 }
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
   except stopping.TrainingInterrupted as stop:
     print(stop, file=sys.stderr)
     return stop.exit_code
-  except (input_pipeline.DataUnavailableError, checkpoints.ConfigMismatchError) as err:
+  except (image_data.DataUnavailableError, checkpoints.ConfigMismatchError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
   fields = (

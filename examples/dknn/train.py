@@ -26,11 +26,11 @@ import numpy as np
 import optax
 from flax.training import train_state
 from harness import checkpoints as ckpt
+from harness import image_data as datasets
 from harness import loop, metric_writers, stopping
 
 import subsets_jax as sj
 
-from . import input_pipeline as datasets
 from . import parallel as sharding
 from .configs import TrainConfig
 from .models import ConvNet
@@ -357,7 +357,7 @@ def train_and_evaluate(
     stopping.TrainingInterrupted: on SIGINT or SIGTERM, after saving the latest state.
     checkpoints.ConfigMismatchError: resuming with a configuration that differs from the
       saved one in a field that changes the model, the data or the random streams.
-    input_pipeline.DataUnavailableError: no route provides the data set.
+    image_data.DataUnavailableError: no route provides the data set.
   """
   _check_run_config(config)
   # From the start: a signal while the data loads or the step compiles stops after one step.

@@ -69,6 +69,22 @@ class RunPosition:
     return self.epoch + self.step_in_epoch / steps_per_epoch
 
 
+class Batches:
+  """Each step's rows and noise key, functions of the seed, the epoch and the step only (so
+  a resumed run sees the same batches and noise); the row order is drawn once per epoch."""
+
+  def __init__(self, seed: int, size: int, batch_size: int, noise_key: jax.Array):
+    self.seed, self.size, self.batch_size, self.noise_key = seed, size, batch_size, noise_key
+    self.steps_per_epoch = size // batch_size
+    self._order: tuple[int | None, np.ndarray | None] = (None, None)
+
+  def __call__(self, epoch: int, step: int) -> tuple[np.ndarray, jax.Array]:
+    if self._order[0] != epoch:
+      self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
+    rows = self._order[1][step * self.batch_size : (step + 1) * self.batch_size]
+    return rows, jax.random.fold_in(self.noise_key, epoch * self.steps_per_epoch + step)
+
+
 class Progress:
   """A tqdm bar when enabled, installed, and the output is a terminal; else silent."""
 

@@ -137,9 +137,11 @@ class L2XTask:
     self.steps_per_epoch = config.train_size // config.batch_size
     if self.steps_per_epoch < 1:
       raise ValueError("train_size must hold at least one batch.")
-    self._epoch_order: tuple[int | None, np.ndarray | None] = (None, None)
     root = jax.random.key(config.seed)
-    self.init_key, self.noise_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+    self.init_key = jax.random.fold_in(root, 0)
+    self.batches = loop.Batches(
+      config.seed, config.train_size, config.batch_size, jax.random.fold_in(root, 1)
+    )
     self.static = dict(
       activation=config.activation,
       k=config.subset_size,
@@ -159,17 +161,9 @@ class L2XTask:
   def init_state(self) -> TrainState:
     return create_train_state(self.init_key, self.config)
 
-  def _order(self, epoch: int) -> np.ndarray:
-    """The epoch's row order, a function of the seed and the epoch (drawn once per epoch)."""
-    if self._epoch_order[0] != epoch:
-      order = np.random.default_rng([self.config.seed, epoch]).permutation(self.config.train_size)
-      self._epoch_order = (epoch, order)
-    return self._epoch_order[1]
-
   def train_step(self, state, epoch: int, step: int):
     c = self.config
-    rows = self._order(epoch)[step * c.batch_size : (step + 1) * c.batch_size]
-    key = jax.random.fold_in(self.noise_key, epoch * self.steps_per_epoch + step)
+    rows, key = self.batches(epoch, step)
     state, metrics = train_step(
       state,
       self.train.x[rows],

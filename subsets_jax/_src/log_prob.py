@@ -86,7 +86,7 @@ def _log1m_exp_neg_exp(y: jax.Array) -> jax.Array:
   return jnp.where(tiny, tiny_val, jnp.where(large, large_val, mid))
 
 
-_QUADRATURE_POINTS = 1024
+_QUADRATURE_POINTS = 256
 _Z_LOW = -60.0
 
 
@@ -103,10 +103,11 @@ def unordered_subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Arra
   `exp(z - e^z + sum_s log(1 - exp(-e^{z + l_s})))` with `l_s = scores_s -
   logsumexp(scores_rest)`; the integrand is smooth and decays
   (doubly-)exponentially at both ends, where the trapezoidal rule converges
-  geometrically. We use 1024 equally spaced nodes on
+  geometrically (its error falls as exp(-2 pi d / h) for node spacing h and a strip of
+  analyticity of half-width d near pi / 2). We use 256 equally spaced nodes (h = 1/4) on
   `z in [-60, log(k + 61 + 10 sqrt(k + 1))]`, summed with `logsumexp`, so the
   result stays accurate in log space even for vanishing probabilities.
-  Cost: O(n + 1024 k) per row, any k (no k! enumeration). It agrees with
+  Cost: O(n + 256 k) per row, any k (no k! enumeration). It agrees with
   enumeration to 1e-4 relative for k <= 6 (tested); P(S) = 1 when S holds
   every finite-weight item.
 

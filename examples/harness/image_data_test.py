@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from dknn import input_pipeline as datasets
+from harness import image_data as datasets
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

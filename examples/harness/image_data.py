@@ -1,4 +1,4 @@
-"""Offline-first image data for the dKNN examples: IDX files, Debian, TFDS, scikit-learn.
+"""Offline-first image data for the examples: IDX files, Debian, TFDS, scikit-learn.
 
 Every loader returns a `Dataset` of NumPy arrays: images `[N, H, W, 1]` float32 in [0, 1]
 and labels `[N]` int32. Optional back ends (tensorflow-datasets, scikit-learn) are imported
