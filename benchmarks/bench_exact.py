@@ -2,8 +2,9 @@
 
   python -m benchmarks.bench_exact [--repeats 3] [--sizes 1000,10000,100000] [--ks 10,100]
 
-For one row of `n` scores: the median time of `inclusion_probs`, `exactly_k_marginals` and
-`exactly_k_sample` (jitted, after a warm-up call) and the compiled temporary memory of each.
+For one row of `n` scores: the median time of `inclusion_probs`, the exactly-k family's
+marginals, sample and entropy, and `unordered_subset_log_prob` of a Gumbel-top-k draw (each
+jitted, after a warm-up call), and the compiled temporary memory of each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ FUNCTIONS = {
   "inclusion_probs": lambda key, s, k: sj.inclusion_probs(s, k),
   "exactly_k_marginals": lambda key, s, k: sj.exactly_k_marginals(s, k),
   "exactly_k_sample": lambda key, s, k: sj.exactly_k_sample(key, s, k),
+  "exactly_k_entropy": lambda key, s, k: sj.exactly_k_entropy(s, k),
+  "unordered_subset_log_prob": lambda key, s, k: sj.unordered_subset_log_prob(
+    s, sj.gumbel_topk(key, s, k)
+  ),
 }
 
 
@@ -33,7 +38,7 @@ def main() -> None:
   args = p.parse_args()
   info = machine()
   print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
-  print(f"{'function':>20} {'n':>7} {'k':>4} | {'time (s)':>9} {'temp (MB)':>9}")
+  print(f"{'function':>26} {'n':>7} {'k':>4} | {'time (s)':>9} {'temp (MB)':>9}")
   key = jax.random.key(0)
   rows = []
   for n in map(int, args.sizes.split(",")):
@@ -56,7 +61,7 @@ def main() -> None:
           "temp_mb": temp,
         }
         rows.append(row)
-        print(f"{name:>20} {n:>7} {k:>4} | {row['time_s']:9.3f} {temp:9.1f}", flush=True)
+        print(f"{name:>26} {n:>7} {k:>4} | {row['time_s']:9.3f} {temp:9.1f}", flush=True)
   write_results(args.out, {"machine": info, "rows": rows})
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One-shot GPU run: the library's tests that exercise the non-CPU code paths, then the op,
-# noise and train-step benchmarks (JAX against the reference PyTorch code on the same GPU).
+# noise, exact-quantity, estimator and train-step benchmarks (JAX against the reference PyTorch code on the same GPU).
 # Usage, on a machine with an NVIDIA GPU (`pip install -e ".[test,cuda]"`, and PyTorch with
 # CUDA for the comparison; NO_TORCH=1 skips it):
 #   OUT=gpu-run bash benchmarks/run_gpu.sh
-# Writes into $OUT: env.txt, tests.txt (each test's outcome), op_gpu.json,
-# estimators_gpu.json, train_step_gpu.json and log.txt (everything printed). Each stage has its own time limit
-# (T_TESTS, T_OP, T_NOISE, T_TRAIN seconds), so one that hangs does not lose the others.
+# Writes into $OUT: env.txt, tests.txt (each test's outcome), op_gpu.json, exact_gpu.json,
+# estimators_gpu.json, train_step_gpu.json and log.txt (everything printed). Each stage has
+# its own time limit (T_TESTS, T_OP, T_NOISE, T_EXACT, T_EST, T_TRAIN seconds), so one that
+# hangs does not lose the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-run}"
@@ -42,6 +43,8 @@ stage() {  # stage SECONDS NAME COMMAND...: run with a time limit, log, keep goi
   stage "${T_OP:-200}" op "$PY" -m benchmarks.bench_op "${torch_args[@]}" --rounds 2 \
     --repeats 30 --out "$OUT/op_gpu.json"
   stage "${T_NOISE:-60}" noise "$PY" -m benchmarks.bench_noise
+  stage "${T_EXACT:-150}" exact "$PY" -m benchmarks.bench_exact --repeats 3 \
+    --out "$OUT/exact_gpu.json"
   stage "${T_EST:-120}" estimators "$PY" -m benchmarks.bench_estimators --repeats 9 \
     --out "$OUT/estimators_gpu.json"
   stage "${T_TRAIN:-150}" train_step "$PY" -m benchmarks.bench_train_step "${torch_args[@]}" \

@@ -21,77 +21,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 
 from dknn import configs, parallel
-from harness import image_data
-
-import subsets_jax as sj
-
-EXIT_DIVERGED = 3  # the training loss became non-finite; the final record says where
-
-# Flag name -> (config field, help). Each flag's default is the chosen config's value.
-_OVERRIDES = {
-  "dataset": ("dataset", "dataset: mnist, fashion_mnist or digits"),
-  "data_dir": (
-    "data_dir",
-    "directory with the four IDX files (gzip or raw); default: $SUBSETS_JAX_DATA, the "
-    "repository's data/, Debian's fashion-mnist path, then tensorflow-datasets",
-  ),
-  "k": ("k", "neighbours in the loss and in the kNN vote"),
-  "eval_k": ("eval_k", "neighbours in the evaluation's kNN vote (default: --k)"),
-  "eval_k_grid": (
-    "eval_k_grid",
-    "after training, choose the test's vote k among these by the best checkpoint's "
-    "validation accuracy",
-  ),
-  "augment_shift": ("augment_shift", "translate training images by up to this many pixels"),
-  "tau": ("tau", "relaxation temperature"),
-  "num_samples": ("num_samples", "draws averaged per step (vmapped)"),
-  "estimator": (
-    "estimator",
-    "gradient estimator of the loss (sj.dknn_loss); score_function needs --num_samples >= 2",
-  ),
-  "lam": ("lam", "I-MLE's lambda, for --estimator imle"),
-  "lr": ("learning_rate", "SGD learning rate"),
-  "lr_schedule": ("lr_schedule", "constant, or cosine decay to 0 over the epochs"),
-  "epochs": ("num_epochs", "training epochs"),
-  "queries": ("num_queries", "queries per step"),
-  "neighbors": ("num_neighbors", "candidate neighbours per step"),
-  "validation_size": ("validation_size", "validation images held out of the training set"),
-  "max_train_examples": ("max_train_examples", "train on a subset"),
-  "max_test_examples": ("max_test_examples", "test on a subset"),
-  "seed": ("seed", "initialisation, data order and noise"),
-  "checkpoint_every": (
-    "checkpoint_every_steps",
-    "save the latest state every this many steps, as well as at every epoch end",
-  ),
-}
-_TYPES = {
-  "data_dir": str,
-  "dataset": str,
-  "estimator": str,
-  "lr_schedule": str,
-  "tau": float,
-  "lam": float,
-  "lr": float,
-}
-_LISTS = ("eval_k_grid",)  # flags that take several values (a tuple field)
-_CHOICES = {
-  "dataset": image_data.DATASETS,
-  "estimator": sj.ESTIMATORS,
-  "lr_schedule": ("constant", "cosine"),
-}
+from harness import cli, flags, image_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0],
     epilog="Every flag defaults to the chosen --config's value (dknn/configs.py); the help "
-    "shows the reference configuration's. Exit status: 0 done; 2 no data, or a resume with a "
-    f"changed field; {EXIT_DIVERGED} the training loss became non-finite (the run diverged); "
-    "130 or 143 interrupted by SIGINT or SIGTERM (continue with --resume).",
+    f"shows the reference configuration's. {cli.EPILOG}",
   )
   p.add_argument(
     "--config",
@@ -99,15 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     default="reference",
     help="named configuration that the other flags override (default: reference)",
   )
-  for flag, (field, text) in _OVERRIDES.items():
-    p.add_argument(
-      f"--{flag}",
-      type=_TYPES.get(flag, int),
-      choices=_CHOICES.get(flag),
-      nargs="+" if flag in _LISTS else None,
-      default=None,
-      help=f"{text} (reference: {getattr(configs.reference(), field)})",
-    )
+  flags.add_config_flags(p, configs.TrainConfig, configs.reference())
   p.add_argument(
     "--workdir", default=None, help="metrics and checkpoints go here (default: runs/<dataset>)"
   )
@@ -147,12 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_config(args: argparse.Namespace) -> configs.TrainConfig:
   """The named config with every flag that was given applied to it."""
-  config = configs.CONFIGS[args.config]()
-  changes = {
-    field: tuple(getattr(args, flag)) if flag in _LISTS else getattr(args, flag)
-    for flag, (field, _) in _OVERRIDES.items()
-    if getattr(args, flag) is not None
-  }
+  config = flags.config_from_flags(args, configs.CONFIGS[args.config]())
+  changes = {}
   if args.time_budget_min is not None:
     changes["time_budget_s"] = args.time_budget_min * 60 or None
   if args.no_progress:
@@ -175,28 +103,19 @@ def main(argv=None) -> int:
       process_id=args.process_id,
     )
   from dknn import train
-  from harness import checkpoints, stopping
 
   config = make_config(args)
-  workdir = args.workdir or f"runs/{config.dataset}"
-  try:
-    summary = train.train_and_evaluate(config, workdir, resume=args.resume)
-  except stopping.TrainingInterrupted as stop:
-    print(stop, file=sys.stderr)
-    return stop.exit_code
-  except (image_data.DataUnavailableError, checkpoints.ConfigMismatchError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  fields = (
-    "test_accuracy",
-    "best_val_accuracy",
-    "best_epoch",
-    "train_time_s",
-    "wall_time_s",
-    "diverged_at_step",
+  return cli.run(
+    train.train_and_evaluate,
+    config,
+    args.workdir or f"runs/{config.dataset}",
+    resume=args.resume,
+    fields=(
+      *("test_accuracy", "best_val_accuracy", "best_epoch"),
+      *("train_time_s", "wall_time_s", "diverged_at_step"),
+    ),
+    input_errors=(image_data.DataUnavailableError,),
   )
-  print(json.dumps({name: summary[name] for name in fields}))
-  return 0 if summary["diverged_at_step"] is None else EXIT_DIVERGED
 
 
 if __name__ == "__main__":

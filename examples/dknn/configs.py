@@ -9,6 +9,14 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from harness import image_data
+
+import subsets_jax as sj
+
+
+def _field(default, text: str, choices=None, **metadata):
+  return dataclasses.field(default=default, metadata={"help": text, "choices": choices, **metadata})
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -17,35 +25,57 @@ class TrainConfig:
   # Besides the harness's (epochs, time budget, ...): the vote ks tried after training.
   extra_resumable_fields: ClassVar[frozenset[str]] = frozenset({"eval_k_grid"})
 
-  dataset: str = "mnist"  # "mnist", "fashion_mnist" or "digits"
-  data_dir: str | None = None  # a directory with the four IDX files; None: the default routes
-  k: int = 9  # neighbours in the loss and in the kNN vote
-  eval_k: int | None = None  # neighbours in the evaluation's kNN vote; None: k
-  # After training, the best checkpoint's validation accuracy chooses the test's vote k among
-  # these; (): the test votes with eval_k.
-  eval_k_grid: tuple[int, ...] = ()
-  tau: float = 1.0  # relaxation temperature
-  num_samples: int = 1  # Gumbel draws averaged per step (vmapped)
-  estimator: str = "relaxed"  # one of sj.ESTIMATORS (sj.dknn_loss)
-  lam: float = 10.0  # I-MLE's lambda (estimator "imle"): the step to its target distribution
-  learning_rate: float = 1e-3
-  lr_schedule: str = "constant"  # "constant" or "cosine" (to 0 over num_epochs)
-  momentum: float = 0.9
-  augment_shift: int = 0  # training images translated by up to this many pixels; 0: none
-  weight_decay: float = 5e-4  # coupled, added to the gradient before momentum (as PyTorch)
-  num_epochs: int = 20
-  num_queries: int = 100  # queries per step
-  num_neighbors: int = 100  # candidate neighbours per step
-  validation_size: int | None = None  # None: 1/12 of the training set (5,000 of 60,000)
-  split_seed: int = 0  # the train / validation split
-  seed: int = 0  # initialisation, data order and Gumbel noise
-  max_train_examples: int | None = None  # train on a subset (smoke runs)
-  max_test_examples: int | None = None  # test on a subset
-  time_budget_s: float | None = 20 * 60  # stop training once exceeded, then evaluate
-  eval_batch_size: int = 1000
-  checkpoint_every_steps: int | None = 500  # and at every epoch end; None: epoch ends only
-  num_devices: int | None = None  # None: all visible devices that divide the batch sizes
-  progress: bool = True
+  dataset: str = _field("mnist", "dataset", image_data.DATASETS)
+  data_dir: str | None = _field(
+    None,
+    "directory with the four IDX files (gzip or raw); default: $SUBSETS_JAX_DATA, the "
+    "repository's data/, Debian's fashion-mnist path, then tensorflow-datasets",
+  )
+  k: int = _field(9, "neighbours in the loss and in the kNN vote")
+  eval_k: int | None = _field(None, "neighbours in the evaluation's kNN vote (None: k)")
+  eval_k_grid: tuple[int, ...] = _field(
+    (),
+    "after training, choose the test's vote k among these by the best checkpoint's "
+    "validation accuracy",
+  )
+  tau: float = _field(1.0, "relaxation temperature")
+  num_samples: int = _field(1, "draws averaged per step (vmapped)")
+  estimator: str = _field(
+    "relaxed",
+    "gradient estimator of the loss (sj.dknn_loss); score_function needs --num_samples >= 2",
+    sj.ESTIMATORS,
+  )
+  lam: float = _field(10.0, "I-MLE's lambda, for --estimator imle")
+  learning_rate: float = _field(1e-3, "SGD learning rate", flag="lr")
+  lr_schedule: str = _field(
+    "constant", "constant, or cosine decay to 0 over the epochs", ("constant", "cosine")
+  )
+  momentum: float = _field(0.9, "SGD momentum")
+  augment_shift: int = _field(0, "translate training images by up to this many pixels")
+  # Coupled, added to the gradient before momentum (as PyTorch's SGD).
+  weight_decay: float = _field(5e-4, "weight decay")
+  num_epochs: int = _field(20, "training epochs", flag="epochs")
+  num_queries: int = _field(100, "queries per step", flag="queries")
+  num_neighbors: int = _field(100, "candidate neighbours per step", flag="neighbors")
+  validation_size: int | None = _field(
+    None, "validation images held out of the training set (None: 1/12 of it)"
+  )
+  split_seed: int = _field(0, "the train / validation split")
+  seed: int = _field(0, "initialisation, data order and noise")
+  max_train_examples: int | None = _field(None, "train on a subset")
+  max_test_examples: int | None = _field(None, "test on a subset")
+  # Stop training once exceeded, then evaluate; the script's flag is --time_budget_min.
+  time_budget_s: float | None = _field(20 * 60, "", flag=None)
+  eval_batch_size: int = _field(1000, "images per evaluation batch")
+  checkpoint_every_steps: int | None = _field(
+    500,
+    "save the latest state every this many steps, as well as at every epoch end",
+    flag="checkpoint_every",
+  )
+  num_devices: int | None = _field(
+    None, "devices of the data-parallel mesh (None: all that divide the batch sizes)"
+  )
+  progress: bool = _field(True, "", flag=None)  # the script's flag is --no_progress
 
 
 def reference() -> TrainConfig:

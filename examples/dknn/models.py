@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,8 @@ class ConvNet(nn.Module):
   Attributes:
     embedding_dim: output size (500 in the reference).
     padding: convolution padding, "VALID" (reference) or "SAME".
+    cpu_layers: the first convolution as `PatchConv` and the pooling as a reshape (True),
+      or `nn.Conv` and `nn.max_pool` (False); the same function.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -67,6 +71,9 @@ class ConvNet(nn.Module):
 
   embedding_dim: int = 500
   padding: str = "VALID"
+  # The first convolution as patches x matrix and pooling as a reshape and a max; False:
+  # `nn.Conv` and `nn.max_pool` (`benchmarks/bench_model_layers.py` times both).
+  cpu_layers: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -84,9 +91,13 @@ class ConvNet(nn.Module):
         f'padding="{self.padding}": it needs at least {smallest} x {smallest}'
         + (' (use padding="SAME" for smaller images).' if self.padding == "VALID" else ".")
       )
-    x = PatchConv(20, 5, self.padding)(images)
-    x = _max_pool_2x2(nn.relu(x))
+    if self.cpu_layers:
+      conv, pool = PatchConv(20, 5, self.padding), _max_pool_2x2
+    else:
+      conv = nn.Conv(20, (5, 5), padding=self.padding)
+      pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    x = pool(nn.relu(conv(images)))
     x = nn.Conv(50, (5, 5), padding=self.padding)(x)
-    x = _max_pool_2x2(nn.relu(x))
+    x = pool(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.embedding_dim)(x))

@@ -12,11 +12,9 @@ test time.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from harness import checkpoints as ckpt
 from harness import image_data as datasets
-from harness import loop, metric_writers, stopping
+from harness import loop
 
 import subsets_jax as sj
 
@@ -35,7 +32,6 @@ from . import parallel as sharding
 from .configs import TrainConfig
 from .models import ConvNet
 
-_LOG_EVERY_STEPS = 20  # TensorBoard: mean training loss over this many steps
 _print_flush = functools.partial(print, flush=True)
 
 
@@ -287,46 +283,133 @@ def random_shifts(images: np.ndarray, max_shift: int, rng: np.random.Generator) 
   return out
 
 
-def epoch_batches(num_train: int, config: TrainConfig, epoch: int):
-  """Query and neighbour index batches of one epoch: two independent shuffles."""
-  rng = np.random.default_rng([config.seed, epoch])
-  queries, neighbors = rng.permutation(num_train), rng.permutation(num_train)
-  for i in range(epoch_length(num_train, config)):
-    yield (
-      queries[i * config.num_queries : (i + 1) * config.num_queries],
-      neighbors[i * config.num_neighbors : (i + 1) * config.num_neighbors],
+class DKNNTask:
+  """The dKNN run for `harness.loop`: the reference's protocol on the chosen data set."""
+
+  val_metric = "val_accuracy"
+  higher_is_better = True
+  divergence_hint = " (try a lower --lr or a larger --tau)"
+
+  def __init__(self, config: TrainConfig, log: Callable[[str], None] = _print_flush):
+    if any(not isinstance(k, int) or k < 1 for k in config.eval_k_grid):
+      raise ValueError(f"eval_k_grid must hold integers >= 1; got {config.eval_k_grid}.")
+    self.config, self.log = config, log
+    self.vote_k = config.eval_k or config.k  # validations vote with it, and a test without grid
+    root = jax.random.key(config.seed)
+    self.init_key, self.noise_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+    self.tau = jnp.float32(config.tau)
+    self._epoch: tuple[int | None, Any] = (None, None)
+
+  def setup(self) -> None:
+    """Loads and splits the data; builds the device mesh."""
+    c = self.config
+    self.splits = make_splits(datasets.load(c.dataset, data_dir=c.data_dir), c)
+    self.steps_per_epoch = epoch_length(len(self.splits.train_labels), c)
+    if self.steps_per_epoch < 1:
+      raise ValueError("the training split is smaller than one batch of queries/neighbours.")
+    # Data parallel: parameters replicated, each step's queries and neighbours split.
+    self.mesh = sharding.data_mesh(
+      c.num_devices, divides=(c.num_queries, c.num_neighbors, c.eval_batch_size)
+    )
+    self.separate_passes = prefers_separate_passes(self.mesh)
+
+  def describe(self) -> str:
+    s = self.splits
+    return (
+      f"data: {s.source}; train {len(s.train_labels)}, validation {len(s.val_labels)}, "
+      f"test {len(s.test_labels)}; {self.steps_per_epoch} steps/epoch\n"
+      f"devices: {self.mesh.size} x {self.mesh.devices.flat[0].platform} (data parallel)"
     )
 
+  def init_state(self) -> TrainState:
+    image_shape = self.splits.train_images.shape[1:]
+    state = create_train_state(self.init_key, self.config, image_shape, self.steps_per_epoch)
+    return sharding.replicate(state, self.mesh)
 
-@dataclasses.dataclass
-class RunPosition:
-  """Where a run stands; saved with every latest checkpoint (`meta`) and restored on resume.
+  def _orders(self, epoch: int):
+    """The epoch's query and neighbour orders: two independent shuffles of the split."""
+    if self._epoch[0] != epoch:
+      rng = np.random.default_rng([self.config.seed, epoch])
+      num = len(self.splits.train_labels)
+      self._epoch = (epoch, (rng.permutation(num), rng.permutation(num)))
+    return self._epoch[1]
 
-  Times are summed over the processes of the run (a resumed run adds its own), each counted
-  up to the checkpoint that the next one resumed from; training time is part of wall time.
-  """
-
-  epoch: int = 0  # completed epochs
-  step_in_epoch: int = 0  # steps done in the epoch in progress
-  best_val_accuracy: float | None = None
-  best_epoch: float | None = None  # epochs done at the best validation (fractional mid-epoch)
-  best_step: int | None = None
-  train_time_s: float = 0.0
-  wall_time_s: float = 0.0
-
-  def epochs_done(self, steps_per_epoch: int) -> float:
-    return self.epoch + self.step_in_epoch / steps_per_epoch
-
-
-def _check_run_config(config: TrainConfig) -> None:
-  if config.num_epochs < 1:
-    raise ValueError(f"num_epochs must be >= 1; got {config.num_epochs}.")
-  if config.checkpoint_every_steps is not None and config.checkpoint_every_steps < 1:
-    raise ValueError(
-      f"checkpoint_every_steps must be >= 1 or None; got {config.checkpoint_every_steps}."
+  def train_step(self, state, epoch: int, step: int):
+    c, splits = self.config, self.splits
+    queries_order, neighbors_order = self._orders(epoch)
+    qi = queries_order[step * c.num_queries : (step + 1) * c.num_queries]
+    ni = neighbors_order[step * c.num_neighbors : (step + 1) * c.num_neighbors]
+    queries, neighbors = splits.train_images[qi], splits.train_images[ni]
+    if c.augment_shift:
+      rng = np.random.default_rng([c.seed, epoch, step])
+      queries = random_shifts(queries, c.augment_shift, rng)
+      neighbors = random_shifts(neighbors, c.augment_shift, rng)
+    batch = {
+      "query_images": queries,
+      "query_labels": splits.train_labels[qi],
+      "neighbor_images": neighbors,
+      "neighbor_labels": splits.train_labels[ni],
+    }
+    key = jax.random.fold_in(self.noise_key, epoch * self.steps_per_epoch + step)
+    state, metrics = train_step_jit(
+      state,
+      sharding.shard_batch(batch, self.mesh),
+      key,
+      self.tau,
+      k=c.k,
+      num_samples=c.num_samples,
+      estimator=c.estimator,
+      lam=c.lam,
+      separate_passes=self.separate_passes,
     )
-  if any(not isinstance(k, int) or k < 1 for k in config.eval_k_grid):
-    raise ValueError(f"eval_k_grid must hold integers >= 1; got {config.eval_k_grid}.")
+    metrics = jax.device_get(metrics)
+    return state, {
+      "loss": float(metrics["loss"]),
+      "top_k_correctness": float(metrics["top_k_correctness"]),
+    }
+
+  def knn_accuracy(self, state, images, labels, ks=None) -> dict[int, float]:
+    """{k: accuracy}; the training split is the neighbour bank, as in the reference."""
+    return evaluate_ks(
+      state,
+      self.splits.train_images,
+      self.splits.train_labels,
+      images,
+      labels,
+      ks=ks or (self.vote_k,),
+      num_classes=self.splits.num_classes,
+      batch_size=self.config.eval_batch_size,
+      mesh=self.mesh,
+    )
+
+  def validate(self, state) -> dict[str, float]:
+    (accuracy,) = self.knn_accuracy(state, self.splits.val_images, self.splits.val_labels).values()
+    return {"val_accuracy": accuracy}
+
+  def test(self, state) -> dict[str, Any]:
+    """The test accuracy; with `eval_k_grid`, the vote k is chosen on validation first."""
+    splits, grid = self.splits, self.config.eval_k_grid
+    test_k, val_by_k = self.vote_k, None
+    if grid:
+      val_by_k = self.knn_accuracy(state, splits.val_images, splits.val_labels, grid)
+      # The highest validation accuracy; a tie goes to the smaller k.
+      test_k = max(sorted(val_by_k), key=val_by_k.get)
+      self.log(
+        "validation accuracy of the best checkpoint by vote k: "
+        + ", ".join(f"{k}: {acc:.4f}" for k, acc in val_by_k.items())
+        + f"; the test votes with k = {test_k}"
+      )
+    (accuracy,) = self.knn_accuracy(
+      state, splits.test_images, splits.test_labels, (test_k,)
+    ).values()
+    return {
+      "test_accuracy": accuracy,
+      "test_eval_k": test_k,
+      "val_accuracy_by_eval_k": val_by_k and {str(k): acc for k, acc in val_by_k.items()},
+    }
+
+  def summary_extras(self) -> dict[str, Any]:
+    return {"dataset": self.config.dataset, "devices": self.mesh.size}
 
 
 def train_and_evaluate(
@@ -338,17 +421,16 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
   """Trains, keeps the best-validation checkpoint, reports its test accuracy.
 
-  Writes to `workdir`: `metrics.jsonl` and TensorBoard events (`metric_writers`), and the
-  Orbax checkpoints `checkpoints/latest` (every `checkpoint_every_steps` steps, every epoch
-  end, a time-budget stop, SIGINT/SIGTERM) and `checkpoints/best` (`checkpoints`). A new run
-  replaces any earlier run in `workdir`. With `resume=True` the run continues from the
-  latest checkpoint bit for bit as if uninterrupted (data order and noise depend only on
-  seed, epoch and step) after checking that the configuration only differs in the fields
-  `checkpoints.RESUMABLE_FIELDS`; with no checkpoint it says so and starts a new run.
-
-  A non-finite training loss stops the run at that step: nothing of the diverged state is
-  saved, and the final record names the step (`diverged_at_step`, otherwise None) and
-  reports the best-validation checkpoint's test accuracy if a validation came before.
+  The run is `harness.loop`'s: `metrics.jsonl` and TensorBoard events, the Orbax checkpoints
+  `checkpoints/latest` (every `checkpoint_every_steps` steps, every epoch end, a time-budget
+  stop, SIGINT/SIGTERM) and `checkpoints/best` in `workdir`. A new run replaces any earlier
+  run in `workdir`. With `resume=True` the run continues from the latest checkpoint bit for
+  bit as if uninterrupted (data order and noise depend only on seed, epoch and step) after
+  checking that the configuration only differs in resumable fields; with no checkpoint it
+  says so and starts a new run. A non-finite training loss stops the run at that step:
+  nothing of the diverged state is saved, and the final record names the step
+  (`diverged_at_step`, otherwise None) and reports the best-validation checkpoint's test
+  accuracy if a validation came before.
 
   Returns:
     The final record: best validation accuracy and its epoch, test accuracy, times.
@@ -359,252 +441,5 @@ def train_and_evaluate(
       saved one in a field that changes the model, the data or the random streams.
     image_data.DataUnavailableError: no route provides the data set.
   """
-  _check_run_config(config)
-  # From the start: a signal while the data loads or the step compiles stops after one step.
-  with stopping.handle_signals() as stop, contextlib.ExitStack() as cleanup:
-    return _train_and_evaluate(config, pathlib.Path(workdir), resume, log, stop, cleanup)
-
-
-def _train_and_evaluate(config, workdir, resume, log, stop, cleanup) -> dict[str, Any]:
-  workdir.mkdir(parents=True, exist_ok=True)
-  t_start = time.perf_counter()
-  checkpoints = ckpt.Checkpoints(workdir, fresh=not resume)
-  cleanup.callback(checkpoints.close)
-  meta = checkpoints.latest_meta() if resume else None
-  if meta is not None:
-    ckpt.check_resumable(meta["config"], config, workdir)
-  elif resume:
-    log(f"no checkpoint in {workdir}: starting a new run")
-
-  data = datasets.load(config.dataset, data_dir=config.data_dir)
-  splits = make_splits(data, config)
-  num_train = len(splits.train_labels)
-  steps_per_epoch = epoch_length(num_train, config)
-  if steps_per_epoch < 1:
-    raise ValueError("the training split is smaller than one batch of queries/neighbours.")
-  log(
-    f"data: {splits.source}; train {num_train}, validation {len(splits.val_labels)}, "
-    f"test {len(splits.test_labels)}; {steps_per_epoch} steps/epoch"
-  )
-  # Data parallel: parameters replicated, each step's queries and neighbours split.
-  mesh = sharding.data_mesh(
-    config.num_devices, divides=(config.num_queries, config.num_neighbors, config.eval_batch_size)
-  )
-  log(f"devices: {mesh.size} x {mesh.devices.flat[0].platform} (data parallel)")
-
-  root = jax.random.key(config.seed)
-  state = create_train_state(
-    jax.random.fold_in(root, 0), config, splits.train_images.shape[1:], steps_per_epoch
-  )
-  state = sharding.replicate(state, mesh)
-  noise_key = jax.random.fold_in(root, 1)
-  position = RunPosition()
-  if meta is not None:
-    state, meta = checkpoints.restore_latest(state)
-    position = RunPosition(**meta["position"])
-    log(
-      f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} of "
-      f"{steps_per_epoch} from {checkpoints.latest.directory}"
-    )
-  writer = metric_writers.MetricWriter(
-    workdir, resume_step=None if meta is None else int(jax.device_get(state.step))
-  )
-  cleanup.callback(writer.close)
-  base_wall = position.wall_time_s
-
-  def wall_time():
-    return base_wall + time.perf_counter() - t_start
-
-  def save_latest(state, **overrides):
-    saved = dict(dataclasses.asdict(position), wall_time_s=wall_time(), **overrides)
-    checkpoints.save_latest(state, {"position": saved, "config": dataclasses.asdict(config)})
-
-  vote_k = config.eval_k or config.k  # validations vote with it, and the test without a grid
-
-  def knn_accuracy(state, images, labels, ks=(vote_k,)):
-    """{k: accuracy}; the training split is the neighbour bank, as in the reference."""
-    return evaluate_ks(
-      state,
-      splits.train_images,
-      splits.train_labels,
-      images,
-      labels,
-      ks=ks,
-      num_classes=splits.num_classes,
-      batch_size=config.eval_batch_size,
-      mesh=mesh,
-    )
-
-  tau = jnp.float32(config.tau)
-  separate_passes = prefers_separate_passes(mesh)
-  every = config.checkpoint_every_steps
-  out_of_time = False
-  diverged_at = None  # the step whose training loss is not finite
-  while position.epoch < config.num_epochs and not out_of_time:
-    losses, correctness = [], []
-    progress = loop.Progress(
-      steps_per_epoch, position.step_in_epoch, f"epoch {position.epoch + 1}", config.progress
-    )
-    t_loop = time.perf_counter()
-    try:
-      for i, (qi, ni) in enumerate(epoch_batches(num_train, config, position.epoch)):
-        if i < position.step_in_epoch:
-          continue
-        queries, neighbors = splits.train_images[qi], splits.train_images[ni]
-        if config.augment_shift:
-          rng = np.random.default_rng([config.seed, position.epoch, i])
-          queries = random_shifts(queries, config.augment_shift, rng)
-          neighbors = random_shifts(neighbors, config.augment_shift, rng)
-        batch = {
-          "query_images": queries,
-          "query_labels": splits.train_labels[qi],
-          "neighbor_images": neighbors,
-          "neighbor_labels": splits.train_labels[ni],
-        }
-        batch = sharding.shard_batch(batch, mesh)
-        key = jax.random.fold_in(noise_key, position.epoch * steps_per_epoch + i)
-        state, metrics = train_step_jit(
-          state,
-          batch,
-          key,
-          tau,
-          k=config.k,
-          num_samples=config.num_samples,
-          estimator=config.estimator,
-          lam=config.lam,
-          separate_passes=separate_passes,
-        )
-        metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics["loss"]):
-          diverged_at = int(state.step)
-          log(
-            f"the training loss is {float(metrics['loss'])} at step {diverged_at} (epoch "
-            f"{position.epoch + 1}, step {i + 1} of {steps_per_epoch}): the run diverged; "
-            "it stops without saving this state (try a lower --lr or a larger --tau)"
-          )
-          break
-        losses.append(float(metrics["loss"]))
-        correctness.append(float(metrics["top_k_correctness"]))
-        progress.update(float(metrics["loss"]))
-        position.step_in_epoch = i + 1
-        step = int(state.step)
-        if step % _LOG_EVERY_STEPS == 0:
-          writer.scalars(step, {"train/loss": float(np.mean(losses[-_LOG_EVERY_STEPS:]))})
-        loop_time = time.perf_counter() - t_loop
-        if stop:
-          break
-        if config.time_budget_s and position.train_time_s + loop_time > config.time_budget_s:
-          out_of_time = True
-          break
-        if every and position.step_in_epoch % every == 0 and i + 1 < steps_per_epoch:
-          save_latest(state, train_time_s=position.train_time_s + loop_time)
-    finally:
-      progress.close()
-    loop_time = time.perf_counter() - t_loop
-    position.train_time_s += loop_time
-    if diverged_at is not None:
-      break
-    if stop:
-      save_latest(state)
-      raise stopping.TrainingInterrupted(
-        stop.signum, position.epoch + 1, position.step_in_epoch, steps_per_epoch
-      )
-    if position.step_in_epoch >= steps_per_epoch:
-      position.epoch, position.step_in_epoch = position.epoch + 1, 0
-    epochs_done = position.epochs_done(steps_per_epoch)
-    step = int(state.step)
-    t_eval = time.perf_counter()
-    (val_acc,) = knn_accuracy(state, splits.val_images, splits.val_labels).values()
-    eval_time = time.perf_counter() - t_eval
-    improved = position.best_val_accuracy is None or val_acc > position.best_val_accuracy
-    if improved:
-      position.best_val_accuracy, position.best_epoch, position.best_step = (
-        val_acc,
-        epochs_done,
-        step,
-      )
-      checkpoints.save_best(state, {"epoch": epochs_done, "val_accuracy": val_acc})
-    steps_done = len(losses)
-    entry = {
-      "epoch": epochs_done,
-      "step": step,
-      "train_loss": float(np.mean(losses)) if losses else None,
-      "train_top_k_correctness": float(np.mean(correctness)) if correctness else None,
-      "val_accuracy": val_acc,
-      "steps_per_s": round(steps_done / loop_time, 3) if steps_done else None,
-      "train_time_s": round(position.train_time_s, 2),
-      "wall_time_s": round(wall_time(), 2),
-      "eval_time_s": round(eval_time, 2),
-      "best": improved,
-    }
-    writer.record(entry)
-    writer.scalars(
-      step,
-      {
-        "epoch/train_loss": entry["train_loss"],
-        "epoch/train_top_k_correctness": entry["train_top_k_correctness"],
-        "epoch/val_accuracy": val_acc,
-        "epoch/steps_per_s": entry["steps_per_s"],
-      },
-    )
-    save_latest(state)
-    log(
-      f"epoch {epochs_done:.2f}: loss {_fmt(entry['train_loss'])}, "
-      f"top-k correctness {_fmt(entry['train_top_k_correctness'])}, "
-      f"val acc {val_acc:.4f}{' (best)' if improved else ''}, "
-      f"train time {position.train_time_s:.0f}s, eval {eval_time:.1f}s"
-    )
-    if stop:  # the signal came during the validation: the epoch's end is saved
-      raise stopping.TrainingInterrupted(
-        stop.signum, position.epoch, steps_per_epoch, steps_per_epoch
-      )
-
-  best = checkpoints.restore_best(state)
-  test_acc, test_k, val_by_k = None, vote_k, None
-  if best is None:
-    log("the run stopped before its first validation: no best checkpoint, no test accuracy")
-  else:
-    if config.eval_k_grid:
-      val_by_k = knn_accuracy(best[0], splits.val_images, splits.val_labels, config.eval_k_grid)
-      # The highest validation accuracy; a tie goes to the smaller k.
-      test_k = max(sorted(val_by_k), key=val_by_k.get)
-      log(
-        "validation accuracy of the best checkpoint by vote k: "
-        + ", ".join(f"{k}: {acc:.4f}" for k, acc in val_by_k.items())
-        + f"; the test votes with k = {test_k}"
-      )
-    (test_acc,) = knn_accuracy(best[0], splits.test_images, splits.test_labels, (test_k,)).values()
-  summary = {
-    "final": True,
-    "dataset": config.dataset,
-    "best_val_accuracy": position.best_val_accuracy,
-    "best_epoch": position.best_epoch,
-    "best_step": position.best_step,
-    "test_accuracy": test_acc,
-    "test_eval_k": test_k,
-    "val_accuracy_by_eval_k": val_by_k and {str(k): acc for k, acc in val_by_k.items()},
-    "epochs_done": position.epochs_done(steps_per_epoch),
-    "steps": int(state.step),
-    "train_time_s": round(position.train_time_s, 1),
-    "wall_time_s": round(wall_time(), 1),
-    "stopped_by_time_budget": out_of_time,
-    "diverged_at_step": diverged_at,
-    "config": dataclasses.asdict(config),
-    "backend": jax.default_backend(),
-    "devices": mesh.size,
-  }
-  writer.record(summary)
-  if test_acc is not None:
-    writer.scalars(summary["steps"], {"test/accuracy": test_acc})
-    stopped = " (stopped by the time budget)" if out_of_time else ""
-    if diverged_at is not None:
-      stopped = f" (the run diverged at step {diverged_at})"
-    log(
-      f"test accuracy of the best-validation checkpoint (epoch {position.best_epoch:.2f}, "
-      f"step {position.best_step}){stopped}: {test_acc:.4f}"
-    )
-  return summary
-
-
-def _fmt(value: float | None) -> str:
-  return "n/a" if value is None else f"{value:.4f}"
+  task = DKNNTask(config, log)
+  return loop.train_and_evaluate(task, config, workdir, resume=resume, log=log)

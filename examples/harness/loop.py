@@ -53,13 +53,20 @@ class Task(Protocol):
     """Test metrics of the best-validation state."""
 
 
+# Optional members of a task, read with getattr:
+#   setup(): loads the data; called once a resume has been checked, with the signal handlers
+#     installed (a signal while the data loads stops the run after its first step);
+#   divergence_hint: a sentence appended to the divergence message;
+#   summary_extras(): fields added to the final record.
+
+
 @dataclasses.dataclass
 class RunPosition:
   """Where a run stands; saved with every latest checkpoint and restored on resume."""
 
   epoch: int = 0  # completed epochs
   step_in_epoch: int = 0  # steps done in the epoch in progress
-  best_value: float | None = None
+  best_value: float | None = None  # `val_metric` of the best state
   best_epoch: float | None = None  # epochs done at the best validation
   best_step: int | None = None
   train_time_s: float = 0.0
@@ -155,12 +162,18 @@ class _Run:
       ckpt.check_resumable(self.meta["config"], config, workdir)
     elif resume:
       log(f"no checkpoint in {workdir}: starting a new run")
-    log(task.describe())
+    if hasattr(task, "setup"):
+      task.setup()
+    for line in task.describe().splitlines():
+      log(line)
     self.state = task.init_state()
     self.position = RunPosition()
     if self.meta is not None:
       self.state, meta = self.checkpoints.restore_latest(self.state)
-      self.position = RunPosition(**meta["position"])
+      saved = dict(meta["position"])
+      if "best_val_accuracy" in saved:  # the dKNN example's checkpoints before the harness
+        saved["best_value"] = saved.pop("best_val_accuracy")
+      self.position = RunPosition(**saved)
       log(
         f"resumed at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch} of "
         f"{task.steps_per_epoch} from {self.checkpoints.latest.directory}"
@@ -269,9 +282,10 @@ class _Run:
       "best": improved,
     }
     self.writer.record(entry)
-    self.writer.scalars(step, {f"epoch/{name}": entry[name] for name in (*train, *val)})
+    shown = (*train, *val, "steps_per_s")
+    self.writer.scalars(step, {f"epoch/{name}": entry[name] for name in shown})
     self.save_latest()
-    shown = ", ".join(f"{name} {value:.4f}" for name, value in {**train, **val}.items())
+    shown = _shown({**train, **val})
     self.log(
       f"epoch {epochs_done:.2f}: {shown}{' (best)' if improved else ''}, "
       f"train time {position.train_time_s:.0f}s, eval {eval_time:.1f}s"
@@ -304,12 +318,27 @@ class _Run:
       "diverged_at_step": self.diverged_at,
       "config": dataclasses.asdict(self.config),
       "backend": jax.default_backend(),
+      **(task.summary_extras() if hasattr(task, "summary_extras") else {}),
     }
     self.writer.record(summary)
+    floats = {name: value for name, value in test.items() if isinstance(value, float)}
     self.writer.scalars(
-      summary["steps"], {f"test/{k}": v for k, v in test.items() if isinstance(v, float)}
+      summary["steps"], {f"test/{name.removeprefix('test_')}": v for name, v in floats.items()}
     )
     if test:
-      shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
-      self.log(f"test of the best-validation state (epoch {position.best_epoch:.2f}): {shown}")
+      stopped = " (stopped by the time budget)" if self.out_of_time else ""
+      if self.diverged_at is not None:
+        stopped = f" (the run diverged at step {self.diverged_at})"
+      self.log(
+        f"test of the best-validation state (epoch {position.best_epoch:.2f}, step "
+        f"{position.best_step}){stopped}: {_shown(floats)}"
+      )
     return summary
+
+
+def _shown(metrics: dict[str, float]) -> str:
+  """`train_loss 0.1` -> `train loss 0.1000`, for the log."""
+  return ", ".join(
+    f"{name.replace('_', ' ')} {'n/a' if value is None else f'{value:.4f}'}"
+    for name, value in metrics.items()
+  )
