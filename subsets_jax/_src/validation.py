@@ -9,6 +9,7 @@ behaviour applies instead, because a value check there would force a host sync.
 from __future__ import annotations
 
 import operator
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,31 @@ def as_array(x, name: str) -> jax.Array:
   return jnp.asarray(host)
 
 
+@jax.jit
+def _value_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Whether `x` [..., n] holds NaN or +inf, and the fewest finite entries of a row: one
+  fused reduction on the array's device, so that a check moves two scalars to the host
+  instead of the array."""
+  bad = jnp.any(jnp.isnan(x) | (x == jnp.inf))
+  fewest = jnp.min(jnp.sum(jnp.isfinite(x), axis=-1), initial=x.shape[-1])
+  return bad, fewest
+
+
+_last_stats: tuple[weakref.ref, tuple[bool, int]] | None = None
+
+
+def value_stats(x: jax.Array) -> tuple[bool, int]:
+  """`_value_stats` of a concrete array on the host; the checks of one call share it (the
+  last array's result is kept, by weak reference)."""
+  global _last_stats
+  if _last_stats is not None and _last_stats[0]() is x:
+    return _last_stats[1]
+  bad, fewest = jax.device_get(_value_stats(x))
+  stats = (bool(bad), int(fewest))
+  _last_stats = (weakref.ref(x), stats)
+  return stats
+
+
 def check_scores(scores, *, name: str = "scores") -> jax.Array:
   """Real floating array of rank >= 1; returns it as a `jax.Array`."""
   scores = as_array(scores, name)
@@ -75,10 +101,8 @@ def check_scores(scores, *, name: str = "scores") -> jax.Array:
   _check_has_item_axis(scores.shape, name)
   if scores.shape[-1] < 1:
     raise ValueError(f"{name} must have at least one item on its last axis.")
-  if is_concrete(scores):
-    host = np.asarray(scores, dtype=np.float64)
-    if np.isnan(host).any() or (host == np.inf).any():
-      raise ValueError(f"{name} must not contain NaN or +inf (use -inf to exclude an item).")
+  if is_concrete(scores) and scores.size and value_stats(scores)[0]:
+    raise ValueError(f"{name} must not contain NaN or +inf (use -inf to exclude an item).")
   return scores
 
 
@@ -100,7 +124,7 @@ def check_enough_finite(scores: jax.Array, k: int, *, name: str = "scores") -> N
   """Concrete scores need at least `k` finite entries in every row (a batch of no rows has
   none to check)."""
   if is_concrete(scores) and scores.size:
-    fewest = int(np.isfinite(np.asarray(scores, dtype=np.float64)).sum(axis=-1).min())
+    fewest = value_stats(scores)[1]
     if fewest < k:
       raise ValueError(
         f"every row of {name} needs at least k={k} finite entries (-inf marks an "
