@@ -62,6 +62,78 @@ STUDIES = {
 GRID = ["relaxed" if tau == 1.0 else f"relaxed_tau{tau:g}" for tau in TAU_GRID]
 ESTIMATORS = ("relaxed", "straight_through", "simple")
 
+# NeuralSort's protocol (Grover et al., ICLR 2019, Tables 3 and 5): no augmentation, the
+# vote k of the loss, chosen with tau on validation from these grids, per data set.
+NS_DATASETS = ("mnist", "fashion_mnist")
+NS_K_GRID = (1, 3, 5, 9)
+NS_TAU_GRID = (1.0, 16.0, 64.0)
+# Estimators whose training differs from the relaxed one on the dKNN loss (straight-through
+# gives the relaxed gradient bit for bit: the loss is linear in the k-hot vector).
+NS_ESTIMATORS = {
+  "simple": ("--estimator", "simple"),
+  "imle": ("--estimator", "imle"),
+  "score_function": ("--estimator", "score_function", "--num_samples", "2"),
+}
+
+
+def ns_study(dataset: str, k: int, tau: float, estimator: str = "relaxed") -> str:
+  suffix = "" if estimator == "relaxed" else f"_{estimator}"
+  return f"ns_{dataset}_k{k}_tau{tau:g}{suffix}"
+
+
+for _dataset in NS_DATASETS:
+  for _k in NS_K_GRID:
+    for _tau in NS_TAU_GRID:
+      _flags = ("--dataset", _dataset, "--k", str(_k), "--tau", f"{_tau:g}")
+      _name = f"{_dataset}, k = {_k}, tau = {_tau:g}, no augmentation"
+      STUDIES[ns_study(_dataset, _k, _tau)] = (f"relaxed, {_name}", _flags)
+      for _estimator, _extra in NS_ESTIMATORS.items():
+        STUDIES[ns_study(_dataset, _k, _tau, _estimator)] = (
+          f"{_estimator}, {_name}",
+          (*_flags, *_extra),
+        )
+
+
+def ns_grid(dataset: str) -> list[str]:
+  return [ns_study(dataset, k, tau) for k in NS_K_GRID for tau in NS_TAU_GRID]
+
+
+def ns_best(results: dict, dataset: str, k: int | None = None) -> str | None:
+  """The grid study (of vote `k`, or of any) with the highest seed-0 best validation
+  accuracy; None until every one of them ran."""
+  scores = {}
+  for study in ns_grid(dataset):
+    if k is not None and f"_k{k}_" not in study:
+      continue
+    run = results["runs"].get(f"{study}/seed0")
+    if run is None:
+      return None
+    scores[study] = run["best_val_accuracy"] if run["best_val_accuracy"] is not None else -1.0
+  return max(scores, key=scores.get)
+
+
+def ns_table(results: dict) -> str:
+  """NeuralSort's Table 5: per data set and vote k, the test accuracy of the tau chosen on
+  validation (mean over the seeds run); '-' until that k's grid ran."""
+  lines = [
+    "| k | " + " | ".join(NS_DATASETS) + " |",
+    "|---|" + "---|" * len(NS_DATASETS),
+  ]
+  for k in NS_K_GRID:
+    cells = []
+    for dataset in NS_DATASETS:
+      best = ns_best(results, dataset, k)
+      runs = [r for r in results["runs"].values() if best and r["study"] == best]
+      accuracy = [100 * r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
+      tau = best.rsplit("_tau", 1)[1] if best else None
+      cells.append(
+        f"{statistics.fmean(accuracy):.2f} % (tau {tau}, {len(accuracy)} seeds)"
+        if accuracy
+        else "-"
+      )
+    lines.append(f"| {k} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
@@ -71,8 +143,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--studies",
     nargs="+",
     default=["relaxed", "straight_through", "simple"],
-    help=f"studies to run: {', '.join(STUDIES)}; tau_grid (seed 0 of each tau in "
-    f"{TAU_GRID}); best_tau (the grid's best tau on validation)",
+    help=f"studies to run: {', '.join(s for s in STUDIES if not s.startswith('ns_'))}; "
+    f"tau_grid (seed 0 of each tau in {TAU_GRID}); best_tau (the grid's best tau on "
+    "validation); for NeuralSort's protocol on DATASET (mnist, fashion_mnist): "
+    f"ns_grid_DATASET (seed 0 of k in {NS_K_GRID} x tau in {NS_TAU_GRID}, no augmentation), "
+    "ns_best_DATASET (the grid's best on validation), ns_estimators_DATASET (SIMPLE, I-MLE "
+    "and the score function at that configuration)",
   )
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per study (grid: seed 0)")
   p.add_argument("--root", default="runs/dknn_accuracy", help="work directories of the runs")
@@ -118,6 +194,18 @@ def planned_runs(studies: list[str], seeds: int, results: dict) -> list[tuple[st
   for study in studies:
     if study == "tau_grid":
       runs += [(name, 0) for name in GRID]
+    elif study.startswith("ns_grid_"):
+      runs += [(name, 0) for name in ns_grid(study.removeprefix("ns_grid_"))]
+    elif study.startswith(("ns_best_", "ns_estimators_")):
+      dataset = study.removeprefix("ns_best_").removeprefix("ns_estimators_")
+      best = ns_best(results, dataset)
+      if best is None:
+        raise SystemExit(f"{study} needs the grid's results first: run --studies ns_grid_{dataset}")
+      names = [best]
+      if study.startswith("ns_estimators_"):
+        k, tau = best.removeprefix(f"ns_{dataset}_").split("_")
+        names = [ns_study(dataset, int(k[1:]), float(tau[3:]), e) for e in NS_ESTIMATORS]
+      runs += [(name, seed) for name in names for seed in range(seeds)]
     elif study == "best_tau":
       best = best_tau_study(results)
       if best is None:
@@ -310,6 +398,11 @@ def report(table: pathlib.Path, results: dict) -> None:
   results["summary"] = rows
   save(table, results)
   text = markdown(rows, best_tau_study(results))
+  if any(r["study"].startswith("ns_") for r in results["runs"].values()):
+    text += (
+      "\nNeuralSort's protocol, per vote k (its Table 5; no augmentation, tau chosen on "
+      f"validation from {{{', '.join(f'{t:g}' for t in NS_TAU_GRID)}}}):\n\n" + ns_table(results)
+    )
   table.with_suffix(".md").write_text(text)
   if rows:
     plot(results, table.with_suffix(".png"))

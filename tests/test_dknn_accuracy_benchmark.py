@@ -131,3 +131,28 @@ def test_the_vote_k_chosen_on_validation_is_named_per_seed():
   simple, long_shift2 = table.splitlines()[2:]
   assert "| 2 | 99.50 ± 0.00 %; vote k 3 / 5 | 99.50 % |" in long_shift2
   assert "vote k" not in simple
+
+
+def test_neuralsort_grid_chooses_on_validation_and_tables_each_k():
+  from benchmarks import dknn_accuracy as sweep
+
+  runs = []
+  for k in sweep.NS_K_GRID:
+    for tau in sweep.NS_TAU_GRID:
+      # Validation prefers tau 16 at every k; the test accuracy encodes k and tau.
+      val = 0.99 if tau == 16.0 else 0.98
+      entry = _entry(sweep.ns_study("mnist", k, tau), 0, 0.9 + k / 100 + tau / 1e4, 60.0, "A")
+      runs.append(dict(entry, best_val_accuracy=val - k / 1000))
+  results = {"runs": {f"{r['study']}/seed{r['seed']}": r for r in runs}}
+  assert sweep.ns_best(results, "fashion_mnist") is None  # its grid has not run
+  best = sweep.ns_best(results, "mnist")
+  assert best == "ns_mnist_k1_tau16"  # the highest validation accuracy over k and tau
+  assert sweep.ns_best(results, "mnist", 9) == "ns_mnist_k9_tau16"
+  planned = sweep.planned_runs(["ns_estimators_mnist"], 2, results)
+  assert planned == [
+    (f"ns_mnist_k1_tau16_{e}", s) for e in ("simple", "imle", "score_function") for s in (0, 1)
+  ]
+  assert "--num_samples" in sweep.STUDIES["ns_mnist_k1_tau16_score_function"][1]
+  lines = sweep.ns_table(results).splitlines()
+  assert lines[2] == "| 1 | 91.16 % (tau 16, 1 seeds) | - |"
+  assert lines[5] == "| 9 | 99.16 % (tau 16, 1 seeds) | - |"
