@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import pathlib
 import statistics
@@ -66,15 +67,20 @@ def run_one(variant: str, seed: int, root: pathlib.Path) -> dict:
   from vae import train
 
   workdir = root / variant / f"seed{seed}"
-  summary = train.train_and_evaluate(
+  train.train_and_evaluate(
     config_of(variant, seed), workdir, resume=True, log=lambda line: print(line, flush=True)
   )
-  epochs = [
-    json.loads(line)
-    for line in (workdir / "metrics.jsonl").read_text().splitlines()
-    if '"val_loss"' in line
-  ]
+  return entry(variant, seed, workdir)
+
+
+def entry(variant: str, seed: int, workdir: pathlib.Path) -> dict:
+  """The table entry of a finished run, from its metrics file alone."""
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  summary = records[-1]
+  epochs = [r for r in records if not r.get("final")]
   notebook = VARIANTS[variant].get("kl") == "notebook"
+  # Per-epoch training times: their median is robust to a pause or a busy neighbour.
+  times = [b["train_time_s"] - a["train_time_s"] for a, b in itertools.pairwise(epochs)]
   return {
     "test_loss": summary["test_loss"],
     "test_notebook_loss": summary["test_notebook_loss"] if notebook else None,
@@ -89,7 +95,7 @@ def run_one(variant: str, seed: int, root: pathlib.Path) -> dict:
     "notebook_curve": [round(e["val_notebook_loss"], 3) for e in epochs] if notebook else None,
     "epochs": summary["epochs_done"],
     "train_time_s": summary["train_time_s"],
-    "s_per_epoch": round(summary["train_time_s"] / summary["epochs_done"], 1),
+    "s_per_epoch": round(statistics.median(times), 1) if times else summary["train_time_s"],
     "diverged_at_step": summary["diverged_at_step"],
     "hardware": sweep.HARDWARE,
     "date": datetime.date.today().isoformat(),
@@ -101,7 +107,7 @@ def report(results: dict, table: pathlib.Path) -> str:
   """The Markdown table (mean ± sd over seeds) and the figure, from the JSON entries."""
   lines = [
     "| estimator | family | KL trained | seeds | test loss (best state, 10 draws) | "
-    "best epoch | per-epoch test loss at the last epoch | KL | time per epoch |",
+    "best epoch | per-epoch test loss at the last epoch | KL | time per epoch (median) |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for variant in VARIANTS:
@@ -194,6 +200,11 @@ def main(argv=None) -> int:
   p.add_argument("--root", default=str(REPO / "runs" / "vae"), help="the runs' work directories")
   p.add_argument("--table", default=str(DEFAULT_TABLE), help="path of the table, no suffix")
   p.add_argument("--report", action="store_true", help="only rewrite the table and figure")
+  p.add_argument(
+    "--refresh",
+    action="store_true",
+    help="rebuild the JSON entries of the finished runs under --root from their metrics",
+  )
   args = p.parse_args(argv)
   table = pathlib.Path(args.table)
   path = table.with_suffix(".json")
@@ -212,6 +223,12 @@ def main(argv=None) -> int:
       f"epoch {entry['best_epoch']:.0f}), {entry['s_per_epoch']:.0f} s/epoch"
     )
 
+  if args.refresh:
+    for key in keys:
+      variant, seed = key.split("/")
+      if key in sweep.load(path):
+        workdir = pathlib.Path(args.root) / variant / seed
+        sweep.record(path, key, entry(variant, int(seed.removeprefix("seed")), workdir))
   results = sweep.run_or_load(args.report, keys, run_key, path, pathlib.Path(args.root), describe)
   if results:
     print(report(results, table))

@@ -229,20 +229,14 @@ def test_the_cli_help_lists_every_config_field_and_bad_input_exits_2(capsys):
   assert "family applies to estimator 'score_function' only" in capsys.readouterr().err
 
 
-def test_the_cli_runs_a_short_training(tmp_path):
+def test_the_cli_runs_a_short_training(tmp_path, capsys):
+  sys.path.insert(0, str(SCRIPT.parent))
+  import train_vae
+
   flags = ["--train_size", "200", "--batch_size", "100", "--num_epochs", "1", "--val_size", "100"]
-  flags += ["--test_size", "100"]
-  run = subprocess.run(
-    [
-      *(sys.executable, str(SCRIPT), *flags, "--test_draws", "2", "--no-progress"),
-      *("--estimator", "simple", "--workdir", str(tmp_path)),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert run.returncode == 0, run.stderr
-  result = json.loads(run.stdout.strip().splitlines()[-1])
+  flags += ["--test_size", "100", "--test_draws", "2", "--no-progress", "--workdir", str(tmp_path)]
+  assert train_vae.main(flags) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert np.isfinite(result["test_loss"]) and result["diverged_at_step"] is None
   config = metric_writers.read_records(tmp_path)[-1]["config"]
   assert (config["train_size"], config["val_size"], config["test_size"]) == (200, 100, 100)
