@@ -88,7 +88,9 @@ def value_stats(x: jax.Array) -> tuple[bool, int]:
   global _last_stats
   if _last_stats is not None and _last_stats[0]() is x:
     return _last_stats[1]
-  bad, fewest = jax.device_get(_value_stats(x))
+  # A concrete array may be a constant inside a function being traced: evaluate now.
+  with jax.ensure_compile_time_eval():
+    bad, fewest = jax.device_get(_value_stats(x))
   stats = (bool(bad), int(fewest))
   _last_stats = (weakref.ref(x), stats)
   return stats
