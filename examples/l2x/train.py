@@ -134,14 +134,14 @@ class L2XTask:
     self.train = data.make(config.dataset, config.train_size, config.data_seed)
     self.val = data.make(config.dataset, config.val_size, config.data_seed + 1)
     self.explain = data.make(config.dataset, config.explain_size, config.data_seed + 2)
-    self.steps_per_epoch = config.train_size // config.batch_size
-    if self.steps_per_epoch < 1:
-      raise ValueError("train_size must hold at least one batch.")
     root = jax.random.key(config.seed)
     self.init_key = jax.random.fold_in(root, 0)
     self.batches = loop.Batches(
       config.seed, config.train_size, config.batch_size, jax.random.fold_in(root, 1)
     )
+    self.steps_per_epoch = self.batches.steps_per_epoch
+    if self.steps_per_epoch < 1:
+      raise ValueError("train_size must hold at least one batch.")
     self.static = dict(
       activation=config.activation,
       k=config.subset_size,
