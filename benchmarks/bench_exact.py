@@ -1,51 +1,60 @@
 """Exact quantities: time and memory of inclusion probabilities and the exactly-k family.
 
   python -m benchmarks.bench_exact [--repeats 3] [--sizes 1000,10000,100000] [--ks 10,100]
+                                   [--functions NAME,...] [--baseline DIR] [--rounds 2]
 
 For one row of `n` scores: the median time of `inclusion_probs`, the exactly-k family's
 marginals, sample and entropy, and `unordered_subset_log_prob` of a Gumbel-top-k draw (each
-jitted, after a warm-up call), and the compiled temporary memory of each.
+jitted, after a warm-up call), and the compiled temporary memory of each. Each version of
+the library runs in its own worker process: this checkout and, with `--baseline DIR`,
+another checkout (a `git worktree` of an earlier commit), alternating for `--rounds`
+rounds; the table gives the median over all rounds and the ratio baseline / current.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import statistics
+import sys
 import time
 
-import jax
+from benchmarks.common import REPO, load_library, run_worker
 
-import subsets_jax as sj
-from benchmarks.common import compiled_temp_bytes, machine, write_results
-
-FUNCTIONS = {
-  "inclusion_probs": lambda key, s, k: sj.inclusion_probs(s, k),
-  "exactly_k_marginals": lambda key, s, k: sj.exactly_k_marginals(s, k),
-  "exactly_k_sample": lambda key, s, k: sj.exactly_k_sample(key, s, k),
-  "exactly_k_entropy": lambda key, s, k: sj.exactly_k_entropy(s, k),
-  "unordered_subset_log_prob": lambda key, s, k: sj.unordered_subset_log_prob(
-    s, sj.gumbel_topk(key, s, k)
-  ),
-}
+FUNCTIONS = (
+  "inclusion_probs",
+  "exactly_k_marginals",
+  "exactly_k_sample",
+  "exactly_k_entropy",
+  "unordered_subset_log_prob",
+)
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--repeats", type=int, default=3, help="timed calls per function and size")
-  p.add_argument("--sizes", default="1000,10000,100000", help="comma-separated n")
-  p.add_argument("--ks", default="10,100", help="comma-separated k")
-  p.add_argument("--out", default=None, help="write the results as JSON here")
-  args = p.parse_args()
-  info = machine()
-  print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
-  print(f"{'function':>26} {'n':>7} {'k':>4} | {'time (s)':>9} {'temp (MB)':>9}")
+def _function(name: str):
+  import subsets_jax as sj
+
+  if name == "exactly_k_sample":
+    return lambda key, s, k: sj.exactly_k_sample(key, s, k)
+  if name == "unordered_subset_log_prob":
+    return lambda key, s, k: sj.unordered_subset_log_prob(s, sj.gumbel_topk(key, s, k))
+  return lambda key, s, k: getattr(sj, name)(s, k)
+
+
+def worker(args) -> None:
+  """Times every function and size with the `subsets_jax` under `--library`; prints JSON."""
+  load_library(pathlib.Path(args.library))
+  import jax
+
+  from benchmarks.common import compiled_temp_bytes
+
   key = jax.random.key(0)
   rows = []
   for n in map(int, args.sizes.split(",")):
     scores = jax.random.normal(jax.random.key(1), (n,)) * 2
     for k in map(int, args.ks.split(",")):
-      for name, fn in FUNCTIONS.items():
-        jitted = jax.jit(fn, static_argnums=2)
+      for name in args.functions.split(","):
+        jitted = jax.jit(_function(name), static_argnums=2)
         temp = compiled_temp_bytes(jitted, key, scores, k) / 2**20
         jax.block_until_ready(jitted(key, scores, k))
         times = []
@@ -53,16 +62,59 @@ def main() -> None:
           start = time.perf_counter()
           jax.block_until_ready(jitted(key, scores, k))
           times.append(time.perf_counter() - start)
-        row = {
-          "function": name,
-          "n": n,
-          "k": k,
-          "time_s": statistics.median(times),
-          "temp_mb": temp,
-        }
-        rows.append(row)
-        print(f"{name:>26} {n:>7} {k:>4} | {row['time_s']:9.3f} {temp:9.1f}", flush=True)
-  write_results(args.out, {"machine": info, "rows": rows})
+        rows.append({"function": name, "n": n, "k": k, "times_s": times, "temp_mb": temp})
+        print(f"{name} n={n} k={k} done", file=sys.stderr, flush=True)
+  json.dump(rows, sys.stdout)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--repeats", type=int, default=3, help="timed calls per function and size")
+  p.add_argument("--sizes", default="1000,10000,100000", help="comma-separated n")
+  p.add_argument("--ks", default="10,100", help="comma-separated k")
+  p.add_argument("--functions", default=",".join(FUNCTIONS), help="comma-separated names")
+  p.add_argument("--baseline", default=None, help="another checkout of the library to compare")
+  p.add_argument("--rounds", type=int, default=1, help="alternating rounds of worker processes")
+  p.add_argument("--out", default=None, help="write the results as JSON here")
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--library", default=str(REPO), help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.worker:
+    worker(args)
+    return
+  from benchmarks.common import machine, write_results
+
+  flags = ["--repeats", str(args.repeats), "--sizes", args.sizes, "--ks", args.ks]
+  flags += ["--functions", args.functions]
+  versions = {"current": REPO}
+  if args.baseline:
+    versions["baseline"] = pathlib.Path(args.baseline).resolve()
+  runs = {name: [] for name in versions}
+  for _ in range(args.rounds):
+    for name, root in versions.items():
+      runs[name].append(run_worker("benchmarks.bench_exact", root, flags))
+  info = machine()
+  print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
+  header = f"{'function':>26} {'n':>7} {'k':>4} | {'time (ms)':>10} {'temp (MB)':>9}"
+  if args.baseline:
+    header += f" | {'baseline':>10} {'temp':>7} {'base/cur':>8}"
+  print(header)
+  rows = []
+  for i, first in enumerate(runs["current"][0]):
+    row = {key: first[key] for key in ("function", "n", "k", "temp_mb")}
+    row["time_s"] = statistics.median(t for r in runs["current"] for t in r[i]["times_s"])
+    line = f"{row['function']:>26} {row['n']:>7} {row['k']:>4} | {1e3 * row['time_s']:10.3f}"
+    line += f" {row['temp_mb']:9.1f}"
+    if args.baseline:
+      base = runs["baseline"]
+      row["baseline_time_s"] = statistics.median(t for r in base for t in r[i]["times_s"])
+      row["baseline_temp_mb"] = base[0][i]["temp_mb"]
+      row["baseline_over_current"] = row["baseline_time_s"] / row["time_s"]
+      line += f" | {1e3 * row['baseline_time_s']:10.3f} {row['baseline_temp_mb']:7.1f}"
+      line += f" {row['baseline_over_current']:8.2f}"
+    rows.append(row)
+    print(line, flush=True)
+  write_results(args.out, {"machine": info, "rounds": args.rounds, "rows": rows})
 
 
 if __name__ == "__main__":

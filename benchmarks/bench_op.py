@@ -19,17 +19,16 @@ the compile time of `jax.jit(jax.grad(f)).lower(...).compile()` at (100, 1000) f
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
+from benchmarks.common import REPO, load_library, run_worker
+
 CASES = [(100, 100, 9), (100, 1000, 9), (100, 10000, 9), (100, 60000, 9), (16, 100000, 64)]
 TAU = 1.0
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _fwd_bwd(k: int, vjp: str = "recompute"):
@@ -66,20 +65,9 @@ def _compile_seconds(k: int, vjp: str, shape=(100, 1000), tries: int = 3) -> flo
   return best
 
 
-def _load_library(root: pathlib.Path) -> None:
-  """Makes `import subsets_jax` load the package under `root` (ahead of an installed one)."""
-  package = root / "subsets_jax"
-  spec = importlib.util.spec_from_file_location(
-    "subsets_jax", package / "__init__.py", submodule_search_locations=[str(package)]
-  )
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["subsets_jax"] = module
-  spec.loader.exec_module(module)
-
-
 def worker(args) -> None:
   """Times the `subsets_jax` under `--library` (and PyTorch, `--torch`); prints JSON."""
-  _load_library(pathlib.Path(args.library))
+  load_library(pathlib.Path(args.library))
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -127,14 +115,9 @@ def worker(args) -> None:
 
 
 def _run_worker(library_root: pathlib.Path, args, *, torch: bool, extras: bool) -> dict:
-  command = [sys.executable, "-m", "benchmarks.bench_op", "--worker", "--cases", args.cases]
-  command += ["--repeats", str(args.repeats), "--torch_device", args.torch_device]
-  command += ["--library", str(library_root)]
-  command += ["--torch"] * torch + ["--extras"] * extras
-  run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-  if run.returncode:
-    raise RuntimeError(f"worker for {library_root} failed:\n{run.stderr[-3000:]}")
-  return json.loads(run.stdout)
+  flags = ["--cases", args.cases, "--repeats", str(args.repeats)]
+  flags += ["--torch_device", args.torch_device] + ["--torch"] * torch + ["--extras"] * extras
+  return run_worker("benchmarks.bench_op", library_root, flags)
 
 
 def main() -> None:

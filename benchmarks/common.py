@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pathlib
 import platform
 import statistics
 import subprocess
+import sys
 import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> dict[str, float]:
@@ -27,6 +32,29 @@ def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> di
         fn()
         times[name].append(time.perf_counter() - start)
   return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def load_library(root: pathlib.Path) -> None:
+  """Makes `import subsets_jax` load the package under `root` (ahead of an installed one).
+
+  Call it before anything imports `subsets_jax`: a worker process measures one checkout.
+  """
+  package = root / "subsets_jax"
+  spec = importlib.util.spec_from_file_location(
+    "subsets_jax", package / "__init__.py", submodule_search_locations=[str(package)]
+  )
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["subsets_jax"] = module
+  spec.loader.exec_module(module)
+
+
+def run_worker(module: str, library_root: pathlib.Path, flags: list[str]):
+  """Runs `python -m module --worker --library ROOT FLAGS` here; returns its JSON stdout."""
+  command = [sys.executable, "-m", module, "--worker", "--library", str(library_root), *flags]
+  run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  if run.returncode:
+    raise RuntimeError(f"worker for {library_root} failed:\n{run.stderr[-3000:]}")
+  return json.loads(run.stdout)
 
 
 def compiled_temp_bytes(fn, *args) -> int:

@@ -50,3 +50,22 @@ def hard_rows(rng, rows, n):
   scores[1, 3] = 25.0  # dominant: others' weight about 1e-9 of its own
   scores[2, 7] = 150.0  # others' weight underflows: the runner-up gap stands in
   return scores
+
+
+def exactly_k_marginals_numpy(logits, k):
+  """float64 P(i in S) of the exactly-k law, item by item: w_i e_{k-1}(w_{-i}) / e_k(w).
+
+  Each e_m comes from the plain recursion over the items in linear space, after scaling the
+  weights to a largest of 1 (a common factor cancels in the ratio).
+  """
+  w = np.exp(np.asarray(logits, np.float64) - np.max(logits))
+
+  def esp(weights):
+    e = np.zeros(k + 1)
+    e[0] = 1.0
+    for x in weights:
+      e[1:] = e[1:] + x * e[:-1]
+    return e
+
+  e_k = esp(w)[k]
+  return np.array([w[i] * esp(np.delete(w, i))[k - 1] / e_k for i in range(len(w))])

@@ -106,6 +106,27 @@ def test_sampler_follows_the_exactly_k_law_and_not_plackett_luce(sampler, k, key
   assert _chi_square(counts, _pl_set_probs(_LOGITS, sets)) > threshold
 
 
+@pytest.mark.parametrize("n,k", [(64, 3), (50, 9)])
+def test_sampler_inclusion_frequencies_match_the_marginals_across_blocks(n, k, key):
+  # n = 64, k = 3: 8 blocks of 8 items, a product tree of depth 3; n = 50, k = 9: 5 blocks
+  # of 10, padded to 8 leaves. Excluded items sit inside a block and at a block's edge.
+  logits = np.random.default_rng(5).normal(size=n) * 1.5
+  logits[[3, 9, n - 1]] = -np.inf
+  expected = reference.exactly_k_marginals_numpy(logits[np.isfinite(logits)], k)
+  expected = np.insert(expected, [3, 8, n - 3], 0.0)
+  x = jnp.asarray(logits, jnp.float32)
+  draws = jax.vmap(lambda kk: sj.exactly_k_sample(kk, x, k))(jax.random.split(key, _NUM_DRAWS))
+  assert bool(jnp.all(jnp.diff(draws, axis=-1) > 0))
+  freq = np.asarray(jax.vmap(lambda d: sj.khot(d, n))(draws).mean(0), np.float64)
+  np.testing.assert_array_equal(freq[[3, 9, n - 1]], 0)
+  # Each frequency is a mean of _NUM_DRAWS Bernoulli(expected) draws: within z standard
+  # errors, z for a false alarm of 1e-4 over all the items (two-sided, Bonferroni).
+  z = stats.norm.ppf(1 - 1e-4 / (2 * n))
+  se = np.sqrt(expected * (1 - expected) / _NUM_DRAWS)
+  assert np.all(np.abs(freq - expected) <= z * se + 1e-12)
+  np.testing.assert_allclose(sj.exactly_k_marginals(x, k), expected, atol=2e-6)
+
+
 def test_simple_forward_is_exactly_k_sample_and_gradient_is_the_marginals_vjp(key, x64):
   logits = jnp.asarray(np.random.default_rng(3).normal(size=(2, 7)))
   khot = sj.simple_topk(key, logits, 3)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from subsets_jax._src import validation
@@ -36,26 +38,90 @@ def _add_item(e: jax.Array, logit: jax.Array) -> jax.Array:
   return log_add(e, logit[..., None] + _shift_up(e))
 
 
-def _prefix_tables(logits: jax.Array, k: int) -> jax.Array:
-  """`[n + 1, ..., k + 1]`: entry (j, m) is log e_m(w_1, ..., w_j), w = exp(logits)."""
-  e0 = _empty_table(logits, k)
+def _log_convolve(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Truncated product of two polynomials in log space: `[..., k + 1]` twice -> `[..., k + 1]`.
+
+  Entry m is log sum_{j <= m} exp(a_j + b_{m - j}), exact at -inf like `log_add`.
+  """
+  k = a.shape[-1] - 1
+  j = np.arange(k + 1)[:, None]
+  m = np.arange(k + 1)[None, :]
+  b_shifted = jnp.where(m >= j, b[..., np.clip(m - j, 0, k)], -jnp.inf)  # [..., j, m]
+  terms = a[..., :, None] + b_shifted
+  top = jax.lax.stop_gradient(jnp.max(terms, axis=-2))
+  finite = jnp.isfinite(top)
+  top_safe = jnp.where(finite, top, 0)
+  total = jnp.sum(jnp.exp(terms - top_safe[..., None, :]), axis=-2)
+  return jnp.where(finite, top_safe + jnp.log(jnp.where(finite, total, 1)), top)
+
+
+def block_size(n: int, k: int) -> int:
+  """Items per block of the recursion: at least k + 1 and about sqrt(n), at most n.
+
+  The scan within the blocks takes `block` sequential steps over all blocks at once; the
+  tree over the blocks' polynomials takes log2(n / block) more, each a truncated product
+  costing (k + 1)^2 per pair: with `block >= k + 1` the tree costs no more than the scan,
+  and with `block ~ sqrt(n)` neither the depth nor the number of blocks is large.
+  """
+  return min(n, max(k + 1, math.isqrt(n)))
+
+
+def _blocks(logits: jax.Array, block: int) -> jax.Array:
+  """`[..., n]` logits -> `[block, ..., count]`: item j of block c at (j, ..., c), -inf after n.
+
+  An item with logit -inf leaves every polynomial unchanged, so the padding changes nothing.
+  """
+  n = logits.shape[-1]
+  count = -(-n // block)
+  pad = [(0, 0)] * (logits.ndim - 1) + [(0, count * block - n)]
+  x = jnp.pad(logits, pad, constant_values=-jnp.inf)
+  return jnp.moveaxis(x.reshape(*logits.shape[:-1], count, block), -1, 0)
+
+
+def _block_polynomials(items: jax.Array, k: int, *, tables: bool):
+  """The recursion within every block at once, over `[block, ..., count]` items.
+
+  Returns the blocks' `[..., count, k + 1]` log e_m, and with `tables` also the prefix
+  tables `[block + 1, ..., count, k + 1]`: entry (j, ..., c, m) is log e_m of the first j
+  items of block c.
+  """
+  e0 = _empty_table(items[0][..., None], k)
 
   def step(e, logit):
     e = _add_item(e, logit)
-    return e, e
+    return e, (e if tables else None)
 
-  _, tables = jax.lax.scan(step, e0, jnp.moveaxis(logits, -1, 0))
-  return jnp.concatenate([e0[None], tables])
+  e, prefix = jax.lax.scan(step, e0, items)
+  return (e, jnp.concatenate([e0[None], prefix])) if tables else e
+
+
+def _tree(polys: jax.Array) -> list[jax.Array]:
+  """Levels of the product tree over `[..., count, k + 1]` polynomials, leaves first.
+
+  The leaves are padded to a power of two with the polynomial 1; each level multiplies
+  neighbouring pairs of the one below; the last level holds one polynomial.
+  """
+  count = polys.shape[-2]
+  width = 1 << (count - 1).bit_length()
+  one = _empty_table(
+    jnp.zeros((*polys.shape[:-2], width - count, 1), polys.dtype), polys.shape[-1] - 1
+  )
+  levels = [jnp.concatenate([polys, one], axis=-2)]
+  while levels[-1].shape[-2] > 1:
+    below = levels[-1]
+    levels.append(_log_convolve(below[..., 0::2, :], below[..., 1::2, :]))
+  return levels
 
 
 def _log_partition(logits: jax.Array, k: int) -> jax.Array:
   """log e_k(exp(logits)) of checked `[..., n]` logits in the compute dtype (under `jit`).
 
-  The same recursion as `_prefix_tables`, keeping only the last table.
+  The items run in blocks (`block_size`): the recursion within every block at once, then a
+  product tree over the blocks' polynomials.
   """
-  step = lambda e, logit: (_add_item(e, logit), None)
-  e, _ = jax.lax.scan(step, _empty_table(logits, k), jnp.moveaxis(logits, -1, 0))
-  return e[..., k]
+  block = block_size(logits.shape[-1], k)
+  polys = _block_polynomials(_blocks(logits, block), k, tables=False)
+  return _tree(polys)[-1][..., 0, k]
 
 
 def marginals_core(logits: jax.Array, k: int) -> jax.Array:
@@ -96,10 +162,13 @@ def exactly_k_log_partition(logits: ArrayLike, k: int) -> jax.Array:
      e_k(w) = \sum_{|S| = k} \prod_{i \in S} w_i, \quad w_i = e^{x_i},
 
   independent Bernoulli(sigmoid(x_i)) variables conditioned on their sum being `k`
-  ("conditional Poisson sampling"). The elementary symmetric polynomial is computed by the
-  recursion :math:`e_m(w_{1..j}) = e_m(w_{1..j-1}) + w_j\, e_{m-1}(w_{1..j-1})` in log space
-  (a `lax.scan` over the items): O(n k) time, O(k) state per row, no overflow or
-  underflow at any logit scale.
+  ("conditional Poisson sampling"). The elementary symmetric polynomials up to degree `k`
+  are computed in log space, with no overflow or underflow at any logit scale: the items
+  are split into blocks of :math:`b = \min(n, \max(k + 1, \lfloor\sqrt n\rfloor))`; within
+  every block at once, the recursion :math:`e_m(w_{1..j}) = e_m(w_{1..j-1}) + w_j\,
+  e_{m-1}(w_{1..j-1})` (a `lax.scan` of `b` steps); then a binary tree of truncated
+  polynomial products over the blocks (:math:`\lceil\log_2(n / b)\rceil` levels). O(n k)
+  time in :math:`b + \log_2(n / b)` sequential steps.
 
   Args:
     logits: `[..., n]` real floating logits :math:`x`; `-inf` excludes an item.
@@ -134,7 +203,8 @@ def exactly_k_marginals(logits: ArrayLike, k: int) -> jax.Array:
 
   Exact: the gradient of `exactly_k_log_partition` with respect to the logits,
   :math:`\partial \log e_k / \partial x_i = w_i\, e_{k-1}(w_{-i}) / e_k(w)`, computed by
-  reverse-mode differentiation of the log-space recursion: O(n k) time and memory per row.
+  reverse-mode differentiation of the log-space computation of `exactly_k_log_partition`
+  (blocks and their product tree): O(n k) time and memory per row.
   The marginals lie in `[0, 1]` and sum to `k`; `-inf` items get 0.
 
   Args:
@@ -208,15 +278,42 @@ def exactly_k_log_prob(logits: ArrayLike, indices: ArrayLike) -> jax.Array:
   return _log_prob_jit(logits, indices)
 
 
+def _split_counts(key: jax.Array, levels: list[jax.Array], k: int) -> jax.Array:
+  """Counts `[..., count]` of the sampled set in every leaf of the product tree.
+
+  From the root (count k) down: a node holding `r` items gives `j` of them to its left
+  child with probability exp(L_j + R_{r - j}) / exp(P_r), drawn by the Gumbel-max trick.
+  """
+  counts = jnp.full((*levels[-1].shape[:-2], 1), k, jnp.int32)
+  for depth, below in enumerate(reversed(levels[:-1])):
+    left, right = below[..., 0::2, :], below[..., 1::2, :]
+    item = jax.lax.broadcasted_iota(jnp.int32, left.shape, left.ndim - 1)
+    rest = counts[..., None] - item  # [..., nodes, k + 1]: the right child's share
+    take_right = jnp.take_along_axis(right, jnp.clip(rest, 0, k), axis=-1)
+    log_w = jnp.where(rest >= 0, left + take_right, -jnp.inf)
+    noise = jax.random.gumbel(jax.random.fold_in(key, depth), log_w.shape, log_w.dtype)
+    to_left = jnp.argmax(log_w + noise, axis=-1).astype(jnp.int32)
+    counts = jnp.stack([to_left, counts - to_left], axis=-1).reshape(*counts.shape[:-1], -1)
+  return counts
+
+
 def sample_core(key: jax.Array, logits: jax.Array, k: int) -> jax.Array:
-  """`exactly_k_sample` of checked logits in the compute dtype (under `jit`): a bool mask."""
+  """`exactly_k_sample` of checked logits in the compute dtype (under `jit`): a bool mask.
+
+  The product tree's counts say how many items each block holds; within each block the
+  items are drawn backwards through its prefix tables.
+  """
   n = logits.shape[-1]
-  tables = _prefix_tables(logits, k)  # [n + 1, ..., k + 1]
-  u = jax.random.uniform(key, (n, *logits.shape[:-1]), logits.dtype)
-  rows = jnp.moveaxis(logits, -1, 0)
+  block = block_size(n, k)
+  items = _blocks(logits, block)  # [block, ..., count]
+  polys, tables = _block_polynomials(items, k, tables=True)
+  tree_key, item_key = jax.random.split(key)
+  counts = _split_counts(tree_key, _tree(polys), k)[..., : items.shape[-1]]
+  u = jax.random.uniform(item_key, items.shape, logits.dtype)
 
   def step(remaining, xs):
-    # Item j, given `remaining` of the set still to place among items 1..j.
+    # Item j of each block, given `remaining` of the block's share still to place among
+    # its items 1..j.
     logit, before, here, u_j = xs  # before: log e_m(w_1..w_{j-1}); here: log e_m(w_1..w_j)
     take = lambda table, r: jnp.take_along_axis(table, r[..., None], axis=-1)[..., 0]
     r = remaining
@@ -227,10 +324,10 @@ def sample_core(key: jax.Array, logits: jax.Array, k: int) -> jax.Array:
     include = (r > 0) & jnp.isfinite(logit) & (forced | (jnp.log(u_j) < log_p))
     return remaining - include.astype(remaining.dtype), include
 
-  init = jnp.full(logits.shape[:-1], k, jnp.int32)
-  xs = (rows, tables[:-1], tables[1:], u)
-  _, mask = jax.lax.scan(step, init, xs, reverse=True)
-  return jnp.moveaxis(mask, 0, -1)
+  xs = (items, tables[:-1], tables[1:], u)
+  _, mask = jax.lax.scan(step, counts, xs, reverse=True)  # [block, ..., count]
+  mask = jnp.moveaxis(mask, 0, -1).reshape(*logits.shape[:-1], -1)
+  return mask[..., :n]
 
 
 def mask_to_indices(mask: jax.Array, k: int) -> jax.Array:
@@ -249,11 +346,13 @@ def _sample_jit(key, logits, *, k):
 def exactly_k_sample(key: ArrayLike, logits: ArrayLike, k: int) -> jax.Array:
   r"""Draws an exact sample of the exactly-k distribution, :math:`p(S) \propto \prod_{i\in S} w_i`.
 
-  Sequential conditional Poisson sampling, backwards through the recursion of
-  `exactly_k_log_partition`: with `r` items still to place among items `1..j`, item `j`
-  is taken with probability :math:`w_j\, e_{r-1}(w_{1..j-1}) / e_r(w_{1..j})`. One
-  uniform per item; O(n k) time and memory per row. This is not Gumbel-top-k: for
-  `k >= 2` the two distributions over sets differ.
+  Conditional Poisson sampling, top-down through the blocks and product tree of
+  `exactly_k_log_partition`: a node holding `r` of the set gives `j` of them to its left
+  child with probability :math:`P_j^{\text{left}} P_{r-j}^{\text{right}} / P_r`, where
+  :math:`P_m` is that subtree's :math:`e_m`; then, backwards through each block, with `r`
+  items still to place among its items `1..j`, item `j` is taken with probability
+  :math:`w_j\, e_{r-1}(w_{1..j-1}) / e_r(w_{1..j})`. O(n k) time and memory per row. This
+  is not Gumbel-top-k: for `k >= 2` the two distributions over sets differ.
 
   Args:
     key: a PRNG key.
