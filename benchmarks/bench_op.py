@@ -9,11 +9,11 @@ at the reference sizes. Each version runs in its own worker process (`--worker`)
 checkout, and with `--baseline DIR` another checkout of the library (a `git worktree` of an
 earlier commit), in alternating rounds, so that drifts of the machine's speed hit both
 alike; the table gives the median over all rounds and the ratio baseline / current. The
-worker of this checkout also times the reference PyTorch operator (ermongroup/subsets'
-`SubsetOperator`, `benchmarks/torch_reference.py`) interleaved with the library, and
-measures the compiled peak temporary memory of forward+backward for k = 8 and k = 256 and
-the compile time of `jax.jit(jax.grad(f)).lower(...).compile()` at (100, 1000) for both
-`vjp` modes.
+reference PyTorch operator (ermongroup/subsets' `SubsetOperator`,
+`benchmarks/torch_reference.py`) runs in a worker of its own in every round, without JAX
+in its process, on the same inputs. The first round of this checkout also measures the
+compiled peak temporary memory of forward+backward for k = 8 and k = 256 and the compile
+time of `jax.jit(jax.grad(f)).lower(...).compile()` at (100, 1000) for both `vjp` modes.
 """
 
 from __future__ import annotations
@@ -65,43 +65,60 @@ def _compile_seconds(k: int, vjp: str, shape=(100, 1000), tries: int = 3) -> flo
   return best
 
 
+def _inputs(cases):
+  """The same float32 scores and weights `[B, N]` for every worker, from NumPy."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  for b, n, k in cases:
+    s = (rng.normal(size=(b, n)) * 2).astype(np.float32)
+    yield b, n, k, s, rng.normal(size=(b, n)).astype(np.float32)
+
+
+def _torch_worker(args, cases) -> dict:
+  """Times the reference PyTorch operator alone in this process (no JAX loaded)."""
+  import torch
+
+  from benchmarks import torch_reference
+  from benchmarks.common import machine, median_times, torch_sync
+
+  sync = torch_sync(args.torch_device)
+  out = {"torch": f"{torch.__version__} on {args.torch_device}", "cases": []}
+  for b, n, k, s_np, w_np in _inputs(cases):
+    ts = torch.from_numpy(s_np).to(args.torch_device)
+    tw = torch.from_numpy(w_np).to(args.torch_device)
+
+    def torch_fwd_bwd(ts=ts, tw=tw, k=k):
+      x = ts.clone().requires_grad_(True)
+      (tw * torch_reference.subset_operator(x, k, TAU)).sum().backward()
+      sync()
+
+    out["cases"].append(
+      {"B": b, "N": n, "k": k, **median_times({"torch_s": torch_fwd_bwd}, args.repeats)}
+    )
+  out["machine"] = machine()
+  return out
+
+
 def worker(args) -> None:
-  """Times the `subsets_jax` under `--library` (and PyTorch, `--torch`); prints JSON."""
+  """Times the `subsets_jax` under `--library`, or PyTorch alone (`--torch`); prints JSON."""
+  cases = CASES if args.cases == "all" else CASES[:2]
+  if args.torch:
+    json.dump(_torch_worker(args, cases), sys.stdout)
+    return
   load_library(pathlib.Path(args.library))
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   import subsets_jax as sj
-  from benchmarks.common import compiled_temp_bytes, machine, median_times, torch_sync
+  from benchmarks.common import compiled_temp_bytes, machine, median_times
 
-  cases = CASES if args.cases == "all" else CASES[:2]
   out = {"library": str(pathlib.Path(sj.__file__).parent), "machine": machine(), "cases": []}
-  if args.torch:
-    import torch
-
-    from benchmarks import torch_reference
-
-    out["torch"] = f"{torch.__version__} on {args.torch_device}"
-    sync = torch_sync(args.torch_device)
-  rng = np.random.default_rng(0)
   key = jax.random.key(1)
-  for b, n, k in cases:
-    s_np = (rng.normal(size=(b, n)) * 2).astype(np.float32)
-    w_np = rng.normal(size=(b, n)).astype(np.float32)
+  for b, n, k, s_np, w_np in _inputs(cases):
     s, w = jnp.asarray(s_np), jnp.asarray(w_np)
     fwd_bwd = _fwd_bwd(k)
     fns = {"jax_s": lambda: jax.block_until_ready(fwd_bwd(s, key, w))}
-    if args.torch:
-      ts = torch.from_numpy(s_np).to(args.torch_device)
-      tw = torch.from_numpy(w_np).to(args.torch_device)
-
-      def torch_fwd_bwd():
-        x = ts.clone().requires_grad_(True)
-        (tw * torch_reference.subset_operator(x, k, TAU)).sum().backward()
-        sync()
-
-      fns["torch_s"] = torch_fwd_bwd
     out["cases"].append({"B": b, "N": n, "k": k, **median_times(fns, args.repeats)})
   if args.extras:
     spec = jax.ShapeDtypeStruct((100, 10000), jnp.float32)
@@ -139,13 +156,15 @@ def main() -> None:
     return
   from benchmarks.common import write_results
 
-  runs = {"current": [], "baseline": []}
+  runs = {"current": [], "baseline": [], "torch": []}
   for r in range(args.rounds):
-    runs["current"].append(_run_worker(REPO, args, torch=not args.no_torch, extras=r == 0))
+    runs["current"].append(_run_worker(REPO, args, torch=False, extras=r == 0))
     if args.baseline:
       runs["baseline"].append(
         _run_worker(pathlib.Path(args.baseline).resolve(), args, torch=False, extras=r == 0)
       )
+    if not args.no_torch:
+      runs["torch"].append(_run_worker(REPO, args, torch=True, extras=False))
     print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
   def median(version, i, field):
@@ -154,8 +173,8 @@ def main() -> None:
   first = runs["current"][0]
   info = first["machine"]
   print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
-  if "torch" in first:
-    print(f"PyTorch {first['torch']}")
+  if runs["torch"]:
+    print(f"PyTorch {runs['torch'][0]['torch']}")
   print("forward+backward of gumbel_topk_relaxed, ms (median over rounds); ratios of times")
   header = f"{'B':>4} {'N':>7} {'k':>3} | {'current':>8}"
   header += f" {'baseline':>8} {'base/cur':>8}" if args.baseline else ""
@@ -171,7 +190,7 @@ def main() -> None:
       row["baseline_over_current"] = row["baseline_ms"] / row["current_ms"]
       line += f" {row['baseline_ms']:8.2f} {row['baseline_over_current']:8.2f}"
     if not args.no_torch:
-      row["torch_ms"] = median("current", i, "torch_s") * 1e3
+      row["torch_ms"] = median("torch", i, "torch_s") * 1e3
       row["torch_over_current"] = row["torch_ms"] / row["current_ms"]
       line += f" {row['torch_ms']:8.2f} {row['torch_over_current']:9.2f}"
     table.append(row)
