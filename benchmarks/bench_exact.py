@@ -20,7 +20,14 @@ import statistics
 import sys
 import time
 
-from benchmarks.common import REPO, load_library, run_worker
+from benchmarks.common import (
+  REPO,
+  compiled_temp_bytes,
+  load_library,
+  machine,
+  run_worker,
+  write_results,
+)
 
 FUNCTIONS = (
   "inclusion_probs",
@@ -45,8 +52,6 @@ def worker(args) -> None:
   """Times every function and size with the `subsets_jax` under `--library`; prints JSON."""
   load_library(pathlib.Path(args.library))
   import jax
-
-  from benchmarks.common import compiled_temp_bytes
 
   key = jax.random.key(0)
   rows = []
@@ -82,8 +87,6 @@ def main() -> None:
   if args.worker:
     worker(args)
     return
-  from benchmarks.common import machine, write_results
-
   flags = ["--repeats", str(args.repeats), "--sizes", args.sizes, "--ks", args.ks]
   flags += ["--functions", args.functions]
   versions = {"current": REPO}

@@ -80,7 +80,7 @@ def _torch_worker(args, cases) -> dict:
   import torch
 
   from benchmarks import torch_reference
-  from benchmarks.common import machine, median_times, torch_sync
+  from benchmarks.common import median_times, torch_sync
 
   sync = torch_sync(args.torch_device)
   out = {"torch": f"{torch.__version__} on {args.torch_device}", "cases": []}
@@ -96,7 +96,6 @@ def _torch_worker(args, cases) -> dict:
     out["cases"].append(
       {"B": b, "N": n, "k": k, **median_times({"torch_s": torch_fwd_bwd}, args.repeats)}
     )
-  out["machine"] = machine()
   return out
 
 

@@ -55,7 +55,7 @@ def _log_convolve(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(finite, top_safe + jnp.log(jnp.where(finite, total, 1)), top)
 
 
-def block_size(n: int, k: int) -> int:
+def _block_size(n: int, k: int) -> int:
   """Items per block of the recursion: at least k + 1 and about sqrt(n), at most n.
 
   The scan within the blocks takes `block` sequential steps over all blocks at once; the
@@ -78,12 +78,12 @@ def _blocks(logits: jax.Array, block: int) -> jax.Array:
   return jnp.moveaxis(x.reshape(*logits.shape[:-1], count, block), -1, 0)
 
 
-def _block_polynomials(items: jax.Array, k: int, *, tables: bool):
+def _block_polynomials(items: jax.Array, k: int, *, tables: bool = False) -> jax.Array:
   """The recursion within every block at once, over `[block, ..., count]` items.
 
-  Returns the blocks' `[..., count, k + 1]` log e_m, and with `tables` also the prefix
-  tables `[block + 1, ..., count, k + 1]`: entry (j, ..., c, m) is log e_m of the first j
-  items of block c.
+  Returns the blocks' `[..., count, k + 1]` log e_m or, with `tables`, the prefix tables
+  `[block + 1, ..., count, k + 1]`: entry (j, ..., c, m) is log e_m of the first j items of
+  block c (the last entry is the blocks' polynomials).
   """
   e0 = _empty_table(items[0][..., None], k)
 
@@ -92,7 +92,7 @@ def _block_polynomials(items: jax.Array, k: int, *, tables: bool):
     return e, (e if tables else None)
 
   e, prefix = jax.lax.scan(step, e0, items)
-  return (e, jnp.concatenate([e0[None], prefix])) if tables else e
+  return jnp.concatenate([e0[None], prefix]) if tables else e
 
 
 def _tree(polys: jax.Array) -> list[jax.Array]:
@@ -116,11 +116,11 @@ def _tree(polys: jax.Array) -> list[jax.Array]:
 def _log_partition(logits: jax.Array, k: int) -> jax.Array:
   """log e_k(exp(logits)) of checked `[..., n]` logits in the compute dtype (under `jit`).
 
-  The items run in blocks (`block_size`): the recursion within every block at once, then a
+  The items run in blocks (`_block_size`): the recursion within every block at once, then a
   product tree over the blocks' polynomials.
   """
-  block = block_size(logits.shape[-1], k)
-  polys = _block_polynomials(_blocks(logits, block), k, tables=False)
+  block = _block_size(logits.shape[-1], k)
+  polys = _block_polynomials(_blocks(logits, block), k)
   return _tree(polys)[-1][..., 0, k]
 
 
@@ -304,11 +304,11 @@ def sample_core(key: jax.Array, logits: jax.Array, k: int) -> jax.Array:
   items are drawn backwards through its prefix tables.
   """
   n = logits.shape[-1]
-  block = block_size(n, k)
+  block = _block_size(n, k)
   items = _blocks(logits, block)  # [block, ..., count]
-  polys, tables = _block_polynomials(items, k, tables=True)
+  tables = _block_polynomials(items, k, tables=True)
   tree_key, item_key = jax.random.split(key)
-  counts = _split_counts(tree_key, _tree(polys), k)[..., : items.shape[-1]]
+  counts = _split_counts(tree_key, _tree(tables[-1]), k)[..., : items.shape[-1]]
   u = jax.random.uniform(item_key, items.shape, logits.dtype)
 
   def step(remaining, xs):
