@@ -69,3 +69,47 @@ def exactly_k_marginals_numpy(logits, k):
 
   e_k = esp(w)[k]
   return np.array([w[i] * esp(np.delete(w, i))[k - 1] / e_k for i in range(len(w))])
+
+
+def _rescaled_numpy(values, log_scale):
+  """Rows of `values` divided by their maximum (an all-zero row stays, at log-scale -inf)."""
+  top = values.max(axis=1)
+  safe = np.where(top > 0, top, 1.0)
+  with np.errstate(divide="ignore"):
+    return values / safe[:, None], log_scale + np.where(top > 0, np.log(safe), -np.inf)
+
+
+def inclusion_probs_numpy(scores, k, nodes=3000):
+  """float64 P(i in S) of the Gumbel-top-k draw by the exponential race, plainly.
+
+  pi_i = int_0^inf w_i e^(-w_i t) P(N_-i(t) <= k - 1) dt, N_-i(t) the number of other items
+  arrived by t (item j with probability 1 - e^(-w_j t)), by the trapezoidal rule in log t on
+  a fine uniform grid over a generous range; P(N_-i <= k - 1) from a forward recursion over
+  the items (the count before i) and a backward one (the count after i), per node, in
+  linear space rescaled after every item.
+  """
+  s = np.asarray(scores, np.float64)
+  s = s - np.sort(s)[::-1][k - 1]  # the k-th largest weight is 1
+  z = np.linspace(np.log(1e-13) - np.log(np.sum(np.exp(s))), np.log(np.log(k) + 40), nodes)
+  came = -np.expm1(-np.exp(s[:, None] + z[None, :]))  # [n, nodes]
+  n = len(s)
+  before = np.zeros((n, nodes, k))
+  log_before = np.zeros((n, nodes))
+  counts, log_scale = np.zeros((nodes, k)), np.zeros(nodes)
+  counts[:, 0] = 1
+  for i in range(n):
+    before[i], log_before[i] = counts, log_scale
+    shifted = np.concatenate([np.zeros((nodes, 1)), counts[:, :-1]], axis=1)
+    counts = (1 - came[i])[:, None] * counts + came[i][:, None] * shifted
+    counts, log_scale = _rescaled_numpy(counts, log_scale)
+  log_cdf = np.zeros((n, nodes))
+  tail, log_tail = np.ones((nodes, k)), np.zeros(nodes)  # P(items after add <= k-1-m)
+  for i in reversed(range(n)):
+    with np.errstate(divide="ignore"):  # a count that cannot stay below k: log 0
+      log_cdf[i] = np.log(np.sum(before[i] * tail, axis=1)) + log_before[i] + log_tail
+    shifted = np.concatenate([tail[:, 1:], np.zeros((nodes, 1))], axis=1)
+    tail = (1 - came[i])[:, None] * tail + came[i][:, None] * shifted
+    tail, log_tail = _rescaled_numpy(tail, log_tail)
+  rate = np.exp(s[:, None] + z[None, :])
+  terms = np.exp(s[:, None] + z[None, :] - rate + log_cdf)
+  return np.trapezoid(terms, z, axis=1)

@@ -68,6 +68,20 @@ def test_matches_enumeration_for_widely_spread_scores(n, k, dtype, rng):
     np.testing.assert_allclose(ours, expected, atol=atol, err_msg=f"scale {scale}")
 
 
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matches_the_plain_integral_with_most_items_divided_out(k, dtype, rng):
+  # n = 300 is above the number of items the recursions take at every node, so that most
+  # items' leave-one-out count comes from dividing their factor out of the whole count.
+  scores = rng.normal(size=300) * 2
+  scores[:3] += 6.0  # and a few far larger scores, which dominate the mean count early
+  with jax.enable_x64(dtype == "float64"):
+    ours = sj.inclusion_probs(jnp.asarray(scores, dtype), k)
+    given = np.asarray(jnp.asarray(scores, dtype), np.float64)
+  expected = reference.inclusion_probs_numpy(given, k)
+  np.testing.assert_allclose(ours, expected, atol=2e-5 if dtype == "float32" else 1e-8)
+
+
 def test_special_cases():
   s = jnp.array([0.3, -1.0, 2.0, -jnp.inf, 0.0])
   np.testing.assert_allclose(sj.inclusion_probs(s, 1), jax.nn.softmax(s), atol=1e-6)
@@ -81,13 +95,14 @@ def test_special_cases():
 
 
 def test_agrees_with_gumbel_topk_frequencies(key):
-  n, k, draws = 40, 6, 40_000
+  # n = 300: most items' probabilities come from the division (more than the recursions take).
+  n, k, draws = 300, 6, 40_000
   scores = jax.random.normal(key, (n,)) * 1.5
   idx = jax.vmap(lambda kk: sj.gumbel_topk(kk, scores, k))(jax.random.split(key, draws))
   freq = np.bincount(np.asarray(idx).ravel(), minlength=n) / draws
   pi = np.asarray(sj.inclusion_probs(scores, k))
   # Each frequency is a mean of `draws` Bernoulli(pi_i): 5 standard errors (and a floor for
-  # pi near 0 or 1) bound all 40 deviations together with high probability.
+  # pi near 0 or 1) bound all 300 deviations together with high probability.
   bound = 5 * np.sqrt(pi * (1 - pi) / draws) + 1e-4
   assert np.all(np.abs(freq - pi) <= bound), np.max(np.abs(freq - pi) / bound)
 
