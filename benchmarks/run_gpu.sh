@@ -52,9 +52,8 @@ fi
   stage "${T_OP:-100}" op "$PY" -m benchmarks.bench_op "${torch_args[@]}" --rounds 2 \
     --repeats 30 --out "$OUT/op_gpu.json"
   stage "${T_NOISE:-30}" noise "$PY" -m benchmarks.bench_noise
-  # n = 100,000 is left out: inclusion_probs scans the n items, one launch per item.
   stage "${T_EXACT:-100}" exact "$PY" -m benchmarks.bench_exact --repeats 3 \
-    --sizes "${EXACT_SIZES:-1000,10000}" --out "$OUT/exact_gpu.json"
+    --sizes "${EXACT_SIZES:-1000,10000,100000}" --out "$OUT/exact_gpu.json"
   stage "${T_EST:-70}" estimators "$PY" -m benchmarks.bench_estimators --repeats 9 \
     --out "$OUT/estimators_gpu.json"
   stage "${T_TRAIN:-80}" train_step "$PY" -m benchmarks.bench_train_step "${torch_args[@]}" \
