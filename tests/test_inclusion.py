@@ -71,8 +71,9 @@ def test_matches_enumeration_for_widely_spread_scores(n, k, dtype, rng):
 @pytest.mark.parametrize("k", [1, 3, 10, 40])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matches_the_plain_integral_with_most_items_divided_out(k, dtype, rng):
-  # n = 300 is above the number of items the recursions take at every node, so that most
-  # items' leave-one-out count comes from dividing their factor out of the whole count.
+  # n = 300 is above the number of items the recursions take (three mean counts at the
+  # node range's right end: 75 to 299 in float32, 130 to 212 in float64 but 384 at k = 40),
+  # so that the other items' leave-one-out count comes from dividing their factor out.
   scores = rng.normal(size=300) * 2
   scores[:3] += 6.0  # and a few far larger scores, which dominate the mean count early
   with jax.enable_x64(dtype == "float64"):
@@ -107,8 +108,10 @@ def test_agrees_with_gumbel_topk_frequencies(key):
   assert np.all(np.abs(freq - pi) <= bound), np.max(np.abs(freq - pi) / bound)
 
 
-def test_gradients_match_finite_differences(rng, x64):
-  scores = jnp.asarray(rng.normal(size=5))
+@pytest.mark.parametrize("n", [5, 200])  # 200: some items divided out of the whole count
+def test_gradients_match_finite_differences(n, rng, x64):
+  # Close scores, so that every item's probability depends on every other's.
+  scores = jnp.asarray(rng.normal(size=n) * 0.3)
   check_grads(lambda s: sj.inclusion_probs(s, 2), (scores,), order=1, modes=["rev"])
 
 
