@@ -48,19 +48,24 @@ def _mean_count_right(k: int, tail: float) -> float:
   return 1 + _solve_increasing(bound, k - 1.0, 1e7)
 
 
+def _bisect(holds, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """60 halvings of [lo, hi] for a predicate `holds(z)` true below some point, false above."""
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    below = holds(mid)
+    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+  return jax.lax.fori_loop(0, 60, halve, (lo, hi))
+
+
 def _time_of_mean_count(s: jax.Array, target: float, lo: jax.Array, hi: jax.Array) -> jax.Array:
   """z = log t at which the mean count sum_j (1 - e^(-e^(s_j) t)) reaches `target`.
 
   Bisection on [lo, hi] (the mean count increases with t); `hi` where it is never reached.
   """
-
-  def halve(_, bracket):
-    lo, hi = bracket
-    mid = 0.5 * (lo + hi)
-    below = jnp.sum(-jnp.expm1(-jnp.exp(s + mid))) < target
-    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-  lo, hi = jax.lax.fori_loop(0, 60, halve, (lo, hi))
+  lo, hi = _bisect(lambda z: jnp.sum(-jnp.expm1(-jnp.exp(s + z))) < target, lo, hi)
   return 0.5 * (lo + hi)
 
 
@@ -87,13 +92,7 @@ def _time_of_count_tail(s, k: int, tail: float, lo, hi) -> jax.Array:
     bounds = jnp.where(below, need * (1 + jnp.log(safe / need)) - mu, 0)
     return jnp.min(jnp.where(mu > 0, bounds, -jnp.inf))
 
-  def halve(_, bracket):
-    lo, hi = bracket
-    mid = 0.5 * (lo + hi)
-    small = log_bound(mid) <= math.log(tail)
-    return jnp.where(small, mid, lo), jnp.where(small, hi, mid)
-
-  return jax.lax.fori_loop(0, 60, halve, (lo, hi))[0]
+  return _bisect(lambda z: log_bound(z) <= math.log(tail), lo, hi)[0]
 
 
 def _rescaled(values: jax.Array, log_scale: jax.Array):
@@ -255,7 +254,7 @@ def _row_inclusion(scores: jax.Array, k: int) -> jax.Array:
   z_max = jnp.asarray(math.log(math.log(k) + tail_high), dtype)
   z_min = math.log(mean_left) - 1 - jax.nn.logsumexp(fixed)  # mean count <= W t < mean_left
   z_left = _time_of_count_tail(fixed, k, tail, z_min, z_max)
-  z_right = jnp.minimum(_time_of_mean_count(fixed, mean_right, z_left, z_max), z_max)
+  z_right = _time_of_mean_count(fixed, mean_right, z_left, z_max)  # at most z_max
   num = _NODES[jnp.dtype(dtype)]
   x, weights = np.polynomial.legendre.leggauss(num)
   z = z_left + (z_right - z_left) * jnp.asarray((x + 1) / 2, dtype)
