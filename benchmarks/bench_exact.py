@@ -1,11 +1,14 @@
 """Exact quantities: time and memory of inclusion probabilities and the exactly-k family.
 
   python -m benchmarks.bench_exact [--repeats 3] [--sizes 1000,10000,100000] [--ks 10,100]
-                                   [--functions NAME,...] [--baseline DIR] [--rounds 2]
+                                   [--rows 1] [--functions NAME,...] [--baseline DIR]
+                                   [--rounds 2]
 
-For one row of `n` scores: the median time of `inclusion_probs`, the exactly-k family's
-marginals, sample and entropy, and `unordered_subset_log_prob` of a Gumbel-top-k draw (each
-jitted, after a warm-up call), and the compiled temporary memory of each. Each version of
+For `--rows` rows of `n` scores: the median time of `inclusion_probs`, the exactly-k
+family's marginals, sample and entropy, `unordered_subset_log_prob` of a Gumbel-top-k draw,
+and the value and gradient of `unordered_subset_log_prob` at a fixed draw
+(`unordered_subset_log_prob_grad`, as the score function and the VAE's KL use it), each
+jitted, after a warm-up call; and the compiled temporary memory of each. Each version of
 the library runs in its own worker process: this checkout and, with `--baseline DIR`,
 another checkout (a `git worktree` of an earlier commit), alternating for `--rounds`
 rounds; the table gives the median over all rounds and the ratio baseline / current.
@@ -35,17 +38,25 @@ FUNCTIONS = (
   "exactly_k_sample",
   "exactly_k_entropy",
   "unordered_subset_log_prob",
+  "unordered_subset_log_prob_grad",
 )
 
 
 def _function(name: str):
+  """`f(key, scores, k, draw)`; `draw` is a Gumbel-top-k sample of `scores`, drawn untimed."""
+  import jax
+  import jax.numpy as jnp
+
   import subsets_jax as sj
 
   if name == "exactly_k_sample":
-    return lambda key, s, k: sj.exactly_k_sample(key, s, k)
+    return lambda key, s, k, draw: sj.exactly_k_sample(key, s, k)
   if name == "unordered_subset_log_prob":
-    return lambda key, s, k: sj.unordered_subset_log_prob(s, sj.gumbel_topk(key, s, k))
-  return lambda key, s, k: getattr(sj, name)(s, k)
+    return lambda key, s, k, draw: sj.unordered_subset_log_prob(s, sj.gumbel_topk(key, s, k))
+  if name == "unordered_subset_log_prob_grad":
+    grad = jax.value_and_grad(lambda s, draw: jnp.sum(sj.unordered_subset_log_prob(s, draw)))
+    return lambda key, s, k, draw: grad(s, draw)
+  return lambda key, s, k, draw: getattr(sj, name)(s, k)
 
 
 def worker(args) -> None:
@@ -53,21 +64,27 @@ def worker(args) -> None:
   load_library(pathlib.Path(args.library))
   import jax
 
+  import subsets_jax as sj
+
   key = jax.random.key(0)
   rows = []
   for n in map(int, args.sizes.split(",")):
-    scores = jax.random.normal(jax.random.key(1), (n,)) * 2
+    shape = (n,) if args.rows == 1 else (args.rows, n)
+    scores = jax.random.normal(jax.random.key(1), shape) * 2
     for k in map(int, args.ks.split(",")):
+      draw = sj.gumbel_topk(key, scores, k)
       for name in args.functions.split(","):
         jitted = jax.jit(_function(name), static_argnums=2)
-        temp = compiled_temp_bytes(jitted, key, scores, k) / 2**20
-        jax.block_until_ready(jitted(key, scores, k))
+        temp = compiled_temp_bytes(jitted, key, scores, k, draw) / 2**20
+        jax.block_until_ready(jitted(key, scores, k, draw))
         times = []
         for _ in range(args.repeats):
           start = time.perf_counter()
-          jax.block_until_ready(jitted(key, scores, k))
+          jax.block_until_ready(jitted(key, scores, k, draw))
           times.append(time.perf_counter() - start)
-        rows.append({"function": name, "n": n, "k": k, "times_s": times, "temp_mb": temp})
+        rows.append(
+          {"function": name, "rows": args.rows, "n": n, "k": k, "times_s": times, "temp_mb": temp}
+        )
         print(f"{name} n={n} k={k} done", file=sys.stderr, flush=True)
   json.dump(rows, sys.stdout)
 
@@ -77,6 +94,7 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3, help="timed calls per function and size")
   p.add_argument("--sizes", default="1000,10000,100000", help="comma-separated n")
   p.add_argument("--ks", default="10,100", help="comma-separated k")
+  p.add_argument("--rows", type=int, default=1, help="rows of scores per call (a batch)")
   p.add_argument("--functions", default=",".join(FUNCTIONS), help="comma-separated names")
   p.add_argument("--baseline", default=None, help="another checkout of the library to compare")
   p.add_argument("--rounds", type=int, default=1, help="alternating rounds of worker processes")
@@ -88,6 +106,7 @@ def main() -> None:
     worker(args)
     return
   flags = ["--repeats", str(args.repeats), "--sizes", args.sizes, "--ks", args.ks]
+  flags += ["--rows", str(args.rows)]
   flags += ["--functions", args.functions]
   versions = {"current": REPO}
   if args.baseline:
@@ -98,15 +117,17 @@ def main() -> None:
       runs[name].append(run_worker("benchmarks.bench_exact", root, flags))
   info = machine()
   print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
-  header = f"{'function':>26} {'n':>7} {'k':>4} | {'time (ms)':>10} {'temp (MB)':>9}"
+  header = f"{'function':>30} {'rows':>5} {'n':>7} {'k':>4} | {'time (ms)':>10} {'temp (MB)':>9}"
   if args.baseline:
     header += f" | {'baseline':>10} {'temp':>7} {'base/cur':>8}"
   print(header)
   rows = []
   for i, first in enumerate(runs["current"][0]):
     row = {key: first[key] for key in ("function", "n", "k", "temp_mb")}
+    row["rows"] = args.rows
     row["time_s"] = statistics.median(t for r in runs["current"] for t in r[i]["times_s"])
-    line = f"{row['function']:>26} {row['n']:>7} {row['k']:>4} | {1e3 * row['time_s']:10.3f}"
+    line = f"{row['function']:>30} {args.rows:>5} {row['n']:>7} {row['k']:>4} | "
+    line += f"{1e3 * row['time_s']:10.3f}"
     line += f" {row['temp_mb']:9.1f}"
     if args.baseline:
       base = runs["baseline"]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from subsets_jax._src import validation
+from subsets_jax._src import bisection, validation
 
 # Quadrature nodes on [z_L, z_R], processed `_NODE_CHUNK` at a time.
 _NODES = {jnp.dtype(jnp.float32): 64, jnp.dtype(jnp.float64): 128}
@@ -23,6 +23,8 @@ _TAIL = {jnp.dtype(jnp.float32): 1e-10, jnp.dtype(jnp.float64): 1e-18}
 _RESCALE = 16
 # Coefficients kept in the division's correction: 2^-terms is below the dtype's resolution.
 _DIVISION_TERMS = {jnp.dtype(jnp.float32): 40, jnp.dtype(jnp.float64): 64}
+# Halvings of the node range's brackets: past the resolution of float64 from any bracket.
+_BISECTION_STEPS = 60
 
 
 def _solve_increasing(f, lo: float, hi: float) -> float:
@@ -48,24 +50,13 @@ def _mean_count_right(k: int, tail: float) -> float:
   return 1 + _solve_increasing(bound, k - 1.0, 1e7)
 
 
-def _bisect(holds, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """60 halvings of [lo, hi] for a predicate `holds(z)` true below some point, false above."""
-
-  def halve(_, bracket):
-    lo, hi = bracket
-    mid = 0.5 * (lo + hi)
-    below = holds(mid)
-    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-  return jax.lax.fori_loop(0, 60, halve, (lo, hi))
-
-
 def _time_of_mean_count(s: jax.Array, target: float, lo: jax.Array, hi: jax.Array) -> jax.Array:
   """z = log t at which the mean count sum_j (1 - e^(-e^(s_j) t)) reaches `target`.
 
   Bisection on [lo, hi] (the mean count increases with t); `hi` where it is never reached.
   """
-  lo, hi = _bisect(lambda z: jnp.sum(-jnp.expm1(-jnp.exp(s + z))) < target, lo, hi)
+  holds = lambda z: jnp.sum(-jnp.expm1(-jnp.exp(s + z))) < target
+  lo, hi = bisection.bisect(holds, lo, hi, steps=_BISECTION_STEPS)
   return 0.5 * (lo + hi)
 
 
@@ -92,7 +83,8 @@ def _time_of_count_tail(s, k: int, tail: float, lo, hi) -> jax.Array:
     bounds = jnp.where(below, need * (1 + jnp.log(safe / need)) - mu, 0)
     return jnp.min(jnp.where(mu > 0, bounds, -jnp.inf))
 
-  return _bisect(lambda z: log_bound(z) <= math.log(tail), lo, hi)[0]
+  holds = lambda z: log_bound(z) <= math.log(tail)
+  return bisection.bisect(holds, lo, hi, steps=_BISECTION_STEPS)[0]
 
 
 def _rescaled(values: jax.Array, log_scale: jax.Array):

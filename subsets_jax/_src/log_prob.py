@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from subsets_jax._src import validation
+from subsets_jax._src import bisection, validation
 
 
 def subset_log_prob(scores: ArrayLike, indices: ArrayLike) -> jax.Array:
@@ -70,19 +70,25 @@ def _subset_log_prob(scores, indices):
   return validation.nan_where(validation.bad_rows(scores)[..., 0], jnp.sum(terms, axis=0))
 
 
+# Below this y = log x, the first terms of the series in x = exp(y) are exact to rounding in
+# float64: log(1 - e^-x) = y - x / 2 + O(x^2), and x / (e^x - 1) = 1 - x / 2 + ... = 1.
+_SERIES_BELOW = -20.0
+
+
 def _log1m_exp_neg_exp(y: jax.Array) -> jax.Array:
   """log(1 - exp(-exp(y))), accurate and with finite gradients for every real y."""
-  # Below y = -20 the series y - exp(y) / 2 holds to rounding, and stays finite where exp(y)
-  # underflows. Beyond y = 30, exp(-exp(y)) is 0 in every float type; capping y keeps exp(y)
-  # finite, so the backward pass never multiplies an infinite exp(y) by a zero exp(-exp(y)).
-  tiny = y < -20.0
+  # Below `_SERIES_BELOW` the series y - exp(y) / 2 holds to rounding, and stays finite where
+  # exp(y) underflows. Beyond y = 30, exp(-exp(y)) is 0 in every float type; capping y keeps
+  # exp(y) finite, so the backward pass never multiplies an infinite exp(y) by a zero
+  # exp(-exp(y)).
+  tiny = y < _SERIES_BELOW
   x = jnp.exp(jnp.minimum(y, 30.0))
   return jnp.where(tiny, y - 0.5 * x, jnp.log(-jnp.expm1(-jnp.where(tiny, 1.0, x))))
 
 
 def _arrival_share(w: jax.Array) -> jax.Array:
   """x / (e^x - 1) with x = exp(w): the slope of `_log1m_exp_neg_exp` at w, in (0, 1]."""
-  tiny, large = w < -20.0, w > 4.0  # beyond w = 4 it is below 1e-22
+  tiny, large = w < _SERIES_BELOW, w > 4.0  # beyond w = 4 it is below 1e-22
   x = jnp.exp(jnp.where(tiny | large, 0.0, w))
   return jnp.where(tiny, 1.0, jnp.where(large, 0.0, x / jnp.expm1(x)))
 
@@ -115,10 +121,8 @@ def _nodes(ell: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   count = _NODES[jnp.dtype(dtype)]
   lo = jnp.zeros(ell.shape[:-1], dtype)
   hi = jnp.full(ell.shape[:-1], math.log(k + 1), dtype)
-  for _ in range(_MODE_STEPS):
-    mid = 0.5 * (lo + hi)
-    rising = _log_integrand_slope(mid, ell) > 0
-    lo, hi = jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
+  rising = lambda z: _log_integrand_slope(z, ell) > 0
+  lo, hi = bisection.bisect(rising, lo, hi, steps=_MODE_STEPS)
   mode = 0.5 * (lo + hi)
   _, curvature = jax.jvp(lambda z: _log_integrand_slope(z, ell), (mode,), (jnp.ones_like(mode),))
   # The curvature is at most -e^{z*} <= -1; the floor guards rounding.
