@@ -82,7 +82,11 @@ NOTEBOOK_HEAD = 9  # the notebook's entropy loop starts at item 10
 
 
 def _log_esp(x: jax.Array) -> jax.Array:
-  """`[..., j]` -> `[..., j + 1]`: log e_m(exp(x)) for m = 0..j, for a handful of items."""
+  """`[..., j]` -> `[..., j + 1]`: log e_m(exp(x)) for m = 0..j, for a handful of items.
+
+  `sj.exactly_k_log_partition` gives one order m per call; the notebook's KL needs every
+  order at once, which this one pass of the recursion over the 9 or 11 items gives.
+  """
   # A large finite floor instead of -inf keeps every gradient finite.
   e = jnp.full((*x.shape[:-1], x.shape[-1] + 1), -1e9, x.dtype).at[..., 0].set(0.0)
   for i in range(x.shape[-1]):
