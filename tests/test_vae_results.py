@@ -3,7 +3,7 @@
 import json
 
 
-def _write_run(path, curve, notebook_curve=None, pause_at=None):
+def _write_run(path, curve, notebook_curve=None, pause_at=None, objective=None):
   path.mkdir(parents=True)
   records, time = [], 0.0
   for epoch, loss in enumerate(curve, start=1):
@@ -28,13 +28,15 @@ def _write_run(path, curve, notebook_curve=None, pause_at=None):
   }
   if notebook_curve:
     final["test_notebook_loss"] = best + 0.2
+  if objective is not None:
+    final["test_objective_loss"] = objective
   (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records, final]))
 
 
 def test_entries_table_and_anchor_comparison(tmp_path):
   from benchmarks import vae_results
 
-  _write_run(tmp_path / "simple/seed0", [150.0, 140.0, 130.0, 131.0], pause_at=3)
+  _write_run(tmp_path / "simple/seed0", [150.0, 140.0, 130.0, 131.0], pause_at=3, objective=125.0)
   _write_run(tmp_path / "simple/seed1", [151.0, 141.0, 133.0, 132.0])
   notebook = [219.0, 205.0, 197.0, 196.0, 191.0]
   _write_run(tmp_path / "simple-notebook_kl/seed0", [160.0] * 5, notebook_curve=notebook)
@@ -48,12 +50,19 @@ def test_entries_table_and_anchor_comparison(tmp_path):
   assert first["best_epoch"] == 3 and first["last_epoch_loss"] == 131.0
   assert first["curve"] == [150.0, 140.0, 130.0, 131.0] and first["notebook_curve"] is None
   assert "--estimator simple --seed 0" in first["command"]
+  assert first["test_objective_loss"] == 125.0
+  assert entries["simple/seed1"]["test_objective_loss"] is None
   assert entries["simple-notebook_kl/seed0"]["best_epoch_loss"] == 191.0
   text = vae_results.report(entries, tmp_path / "vae")
   rows = text.splitlines()
   simple = next(r for r in rows if r.startswith("| simple | exactly_k | exact | 2 |"))
   # Test losses 130.1 and 132.1, best epochs 3 and 4, last-epoch losses 131 and 132.
-  assert "| 131.10 ± 1.41 | 4 | 131.50 ± 0.71 | 20.00 ± 0.00 | 30 s |" in simple
+  # Only seed 0 reports the training objective on the test images.
+  assert (
+    "| 131.10 ± 1.41 | 4 | 131.50 ± 0.71 | 20.00 ± 0.00 | 125.00 (1 of 2 runs) | 30 s |" in simple
+  )
+  notebook_row = next(r for r in rows if r.startswith("| simple | exactly_k | notebook |"))
+  assert "| — |" in notebook_row
   assert "| notebook | 1 |" in text
   anchor = vae_results.anchor_curve()
   assert "SIMPLE 191.00 over 1 seeds" in text

@@ -162,6 +162,38 @@ def test_a_short_run_records_its_metrics(straight):
   assert summary["test_kl_mc_se"] == 0  # exact KL for SIMPLE
   assert 0 < summary["test_loss_mc_se"] < 1
   assert summary["best_val_loss"] == min(r["val_loss"] for r in records[:-1])
+  assert np.isfinite(summary["test_objective_loss"])
+
+
+@pytest.mark.parametrize("estimator", ["simple", "straight_through"])
+def test_the_objective_of_an_exact_sampler_estimates_the_test_loss(estimator, splits):
+  """SIMPLE and straight-through train on exact samples of the model: their objective and
+  the test loss estimate the same mean (the objective's KL for straight-through is the
+  score-function estimate, unbiased)."""
+  config = dataclasses.replace(SMALL, estimator=estimator)
+  task = training.VAETask(config, splits)
+  state = training.create_train_state(jax.random.key(0), config)
+  x, draws = splits.test, 16
+  objective = np.stack(
+    [
+      np.asarray(
+        training.objective_step(
+          state.params, x, jax.random.key(10 + d), 1.0, 10.0, config_static=task.static
+        ),
+        np.float64,
+      )
+      for d in range(draws)
+    ]
+  ).mean(0)
+  loss = np.asarray(
+    training.eval_step(state.params, x, jax.random.key(1), config_static=task.static, draws=draws)[
+      0
+    ],
+    np.float64,
+  )
+  difference = objective - loss
+  tolerance = 5 * difference.std(ddof=1) / math.sqrt(len(x))
+  assert abs(difference.mean()) < tolerance, (difference.mean(), tolerance)
 
 
 class _Crash(Exception):
