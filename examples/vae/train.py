@@ -155,14 +155,19 @@ def image_loss(params, x, key, tau, lam, *, config_static) -> tuple[jax.Array, j
   return sj.expectation(reconstruction, rec_key, logits, k, **options) + kl, kl
 
 
+def _image_losses(params, x, key, tau, lam, config_static) -> tuple[jax.Array, jax.Array]:
+  """`image_loss` of every image of the batch `x` [B, 784], one key each: ([B], [B])."""
+  per_image = functools.partial(image_loss, config_static=config_static)
+  keys = jax.random.split(key, x.shape[0])
+  return jax.vmap(per_image, in_axes=(None, 0, 0, None, None))(params, x, keys, tau, lam)
+
+
 @functools.partial(jax.jit, static_argnames=("config_static",))
 def train_step(state, x, key, tau, lam, *, config_static):
   """One Adam step on the batch mean of the negative-ELBO estimate."""
 
   def loss_fn(params):
-    keys = jax.random.split(key, x.shape[0])
-    per_image = functools.partial(image_loss, config_static=config_static)
-    loss, kl = jax.vmap(per_image, in_axes=(None, 0, 0, None, None))(params, x, keys, tau, lam)
+    loss, kl = _image_losses(params, x, key, tau, lam, config_static)
     return loss.mean(), kl.mean()
 
   (loss, kl), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -174,9 +179,7 @@ def objective_step(params, x, key, tau, lam, *, config_static):
   """Per image [B], the one-draw value of the training objective: the negative-ELBO estimate
   that `train_step` minimises, with the estimator's own latent codes (relaxed codes for
   relaxed and l2x, perturb-and-MAP samples for imle, exact samples otherwise)."""
-  per_image = functools.partial(image_loss, config_static=config_static)
-  keys = jax.random.split(key, x.shape[0])
-  return jax.vmap(per_image, in_axes=(None, 0, 0, None, None))(params, x, keys, tau, lam)[0]
+  return _image_losses(params, x, key, tau, lam, config_static)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config_static", "draws"))
@@ -280,20 +283,24 @@ class VAETask:
     )
     return state, {name: float(value) for name, value in metrics.items()}
 
+  def _per_image(self, step, images: np.ndarray, key) -> np.ndarray:
+    """`step(batch, key)` -> `[..., B]` float64 over `images` in evaluation batches, each
+    batch with its own key; the batches' results joined along the last axis."""
+    size = self.config.eval_batch_size
+    parts = [
+      step(images[start : start + size], jax.random.fold_in(key, i))
+      for i, start in enumerate(range(0, len(images), size))
+    ]
+    return np.concatenate(parts, axis=-1)
+
   def evaluate(self, state, images: np.ndarray, draws: int, key) -> dict[str, float]:
     """The mean negative ELBO and KL over `images`, and their Monte-Carlo standard errors."""
-    parts = []
-    size = self.config.eval_batch_size
-    for i, start in enumerate(range(0, len(images), size)):
-      out = eval_step(
-        state.params,
-        images[start : start + size],
-        jax.random.fold_in(key, i),
-        config_static=self.static,
-        draws=draws,
-      )
-      parts.append(np.stack([np.asarray(o, np.float64) for o in out]))
-    loss, kl, loss_var, kl_var, nb_kl = np.concatenate(parts, axis=1)
+
+    def step(x, key):
+      out = eval_step(state.params, x, key, config_static=self.static, draws=draws)
+      return np.stack([np.asarray(o, np.float64) for o in out])
+
+    loss, kl, loss_var, kl_var, nb_kl = self._per_image(step, images, key)
     n = len(images)
     return {
       "loss": float(loss.mean()),
@@ -314,22 +321,13 @@ class VAETask:
 
   def objective(self, state, images: np.ndarray, key) -> float:
     """The mean over `images` of the training objective (`objective_step`), one draw each."""
-    c, size = self.config, self.config.eval_batch_size
-    parts = [
-      np.asarray(
-        objective_step(
-          state.params,
-          images[start : start + size],
-          jax.random.fold_in(key, i),
-          c.tau,
-          c.lam,
-          config_static=self.static,
-        ),
-        np.float64,
-      )
-      for i, start in enumerate(range(0, len(images), size))
-    ]
-    return float(np.concatenate(parts).mean())
+    c = self.config
+
+    def step(x, key):
+      loss = objective_step(state.params, x, key, c.tau, c.lam, config_static=self.static)
+      return np.asarray(loss, np.float64)
+
+    return float(self._per_image(step, images, key).mean())
 
   def test(self, state) -> dict[str, Any]:
     key = jax.random.fold_in(self.eval_key, 1)
