@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
 import time
 
@@ -28,7 +27,8 @@ from benchmarks.common import (
   compiled_temp_bytes,
   load_library,
   machine,
-  run_worker,
+  median_row,
+  run_checkouts,
   write_results,
 )
 
@@ -108,13 +108,7 @@ def main() -> None:
   flags = ["--repeats", str(args.repeats), "--sizes", args.sizes, "--ks", args.ks]
   flags += ["--rows", str(args.rows)]
   flags += ["--functions", args.functions]
-  versions = {"current": REPO}
-  if args.baseline:
-    versions["baseline"] = pathlib.Path(args.baseline).resolve()
-  runs = {name: [] for name in versions}
-  for _ in range(args.rounds):
-    for name, root in versions.items():
-      runs[name].append(run_worker("benchmarks.bench_exact", root, flags))
+  runs = run_checkouts("benchmarks.bench_exact", flags, args.baseline, args.rounds)
   info = machine()
   print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
   header = f"{'function':>30} {'rows':>5} {'n':>7} {'k':>4} | {'time (ms)':>10} {'temp (MB)':>9}"
@@ -125,15 +119,13 @@ def main() -> None:
   for i, first in enumerate(runs["current"][0]):
     row = {key: first[key] for key in ("function", "n", "k", "temp_mb")}
     row["rows"] = args.rows
-    row["time_s"] = statistics.median(t for r in runs["current"] for t in r[i]["times_s"])
+    row.update(median_row(runs, i))
     line = f"{row['function']:>30} {args.rows:>5} {row['n']:>7} {row['k']:>4} | "
     line += f"{1e3 * row['time_s']:10.3f}"
     line += f" {row['temp_mb']:9.1f}"
     if args.baseline:
       base = runs["baseline"]
-      row["baseline_time_s"] = statistics.median(t for r in base for t in r[i]["times_s"])
       row["baseline_temp_mb"] = base[0][i]["temp_mb"]
-      row["baseline_over_current"] = row["baseline_time_s"] / row["time_s"]
       line += f" | {1e3 * row['baseline_time_s']:10.3f} {row['baseline_temp_mb']:7.1f}"
       line += f" {row['baseline_over_current']:8.2f}"
     rows.append(row)

@@ -57,6 +57,29 @@ def run_worker(module: str, library_root: pathlib.Path, flags: list[str]):
   return json.loads(run.stdout)
 
 
+def run_checkouts(module: str, flags: list[str], baseline: str | None, rounds: int) -> dict:
+  """`run_worker` for this checkout and, with `baseline`, another, alternating over `rounds`:
+  {"current": [JSON per round], "baseline": [...]} (no "baseline" without one)."""
+  versions = {"current": REPO}
+  if baseline:
+    versions["baseline"] = pathlib.Path(baseline).resolve()
+  runs = {name: [] for name in versions}
+  for _ in range(rounds):
+    for name, root in versions.items():
+      runs[name].append(run_worker(module, root, flags))
+  return runs
+
+
+def median_row(runs: dict, i: int) -> dict[str, float]:
+  """Row `i` of `run_checkouts`' results: the median time over every round of this checkout
+  and, with a baseline, the baseline's and the ratio baseline / current."""
+  row = {"time_s": statistics.median(t for r in runs["current"] for t in r[i]["times_s"])}
+  if "baseline" in runs:
+    row["baseline_time_s"] = statistics.median(t for r in runs["baseline"] for t in r[i]["times_s"])
+    row["baseline_over_current"] = row["baseline_time_s"] / row["time_s"]
+  return row
+
+
 def compiled_temp_bytes(fn, *args) -> int:
   """Temporary bytes of jitted `fn` compiled for `args` (arrays or ShapeDtypeStructs)."""
   return int(fn.lower(*args).compile().memory_analysis().temp_size_in_bytes)

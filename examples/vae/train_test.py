@@ -116,6 +116,50 @@ def test_the_gumbel_topk_kl_estimate_is_unbiased(key):
   assert abs(values.mean() - kl) < tolerance, (values.mean(), kl, tolerance)
 
 
+@pytest.mark.parametrize("draws", [2, 4])
+def test_the_gumbel_topk_kl_is_the_library_score_function(draws, key):
+  logits = jax.random.normal(jax.random.key(3), (3, 8)) * 1.5
+  k = 3
+
+  def library(x):
+    def f(z):
+      return training._set_kl(x, z, k)
+
+    return sj.expectation(
+      f, key, x, k, estimator="score_function", family="gumbel_topk", num_samples=draws
+    )
+
+  ours, grad = jax.value_and_grad(lambda x: training.gumbel_topk_kl(key, x, k, draws=draws))(logits)
+  expected, expected_grad = jax.value_and_grad(library)(logits)
+  np.testing.assert_allclose(float(ours), float(expected), rtol=1e-6)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(grad).max()) > 0.1  # the comparison is not of zeros
+
+
+def test_the_gumbel_topk_kl_gradient_is_unbiased(key):
+  n, k, estimates = 6, 3, 20_000
+  logits = np.array([1.0, -0.5, 0.3, 2.0, -1.0, 0.0])
+
+  def exact(x):
+    _, p = _gumbel_topk_probs(x, k)
+    return float(np.sum(p * (np.log(p) + math.log(math.comb(n, k)))))
+
+  h = 1e-5  # central differences of the enumerated KL, float64
+  expected = np.array(
+    [(exact(logits + h * e) - exact(logits - h * e)) / (2 * h) for e in np.eye(n)]
+  )
+  x = jnp.asarray(logits[None], jnp.float32)
+
+  def gradient(key):
+    return jax.grad(lambda x: training.gumbel_topk_kl(key, x, k, draws=2))(x)[0]
+
+  grads = np.asarray(jax.vmap(gradient)(jax.random.split(key, estimates)), np.float64)
+  tolerance = 5 * grads.std(axis=0) / math.sqrt(estimates)
+  error = np.abs(grads.mean(axis=0) - expected)
+  assert np.all(error < tolerance), (grads.mean(axis=0), expected, tolerance)
+  assert np.abs(expected).max() > 10 * tolerance.max()  # the test can tell a wrong gradient
+
+
 @pytest.fixture(scope="module")
 def updates(splits):
   """One training step of every estimator from the same state, batch and key."""
