@@ -5,7 +5,8 @@
                                    [--rounds 2]
 
 For `--rows` rows of `n` scores: the median time of `inclusion_probs`, the exactly-k
-family's marginals, sample and entropy, `unordered_subset_log_prob` of a Gumbel-top-k draw,
+family's marginals, sample and entropy (and the entropy's value and gradient,
+`exactly_k_entropy_grad`), `unordered_subset_log_prob` of a Gumbel-top-k draw,
 and the value and gradient of `unordered_subset_log_prob` at a fixed draw
 (`unordered_subset_log_prob_grad`, as the score function and the VAE's KL use it), each
 jitted, after a warm-up call; and the compiled temporary memory of each. Each version of
@@ -37,6 +38,7 @@ FUNCTIONS = (
   "exactly_k_marginals",
   "exactly_k_sample",
   "exactly_k_entropy",
+  "exactly_k_entropy_grad",
   "unordered_subset_log_prob",
   "unordered_subset_log_prob_grad",
 )
@@ -53,6 +55,10 @@ def _function(name: str):
     return lambda key, s, k, draw: sj.exactly_k_sample(key, s, k)
   if name == "unordered_subset_log_prob":
     return lambda key, s, k, draw: sj.unordered_subset_log_prob(s, sj.gumbel_topk(key, s, k))
+  if name == "exactly_k_entropy_grad":
+    return lambda key, s, k, draw: jax.value_and_grad(
+      lambda s: jnp.sum(sj.exactly_k_entropy(s, k))
+    )(s)
   if name == "unordered_subset_log_prob_grad":
     grad = jax.value_and_grad(lambda s, draw: jnp.sum(sj.unordered_subset_log_prob(s, draw)))
     return lambda key, s, k, draw: grad(s, draw)

@@ -1,6 +1,7 @@
 """VAE train-step benchmark: the example's jitted train step for every estimator.
 
-  python -m benchmarks.bench_vae_step [--repeats 30] [--rounds 1] [--baseline DIR] [--out FILE]
+  python -m benchmarks.bench_vae_step [--repeats 30] [--rounds 1] [--baseline DIR]
+                                      [--variants NAME ...] [--out FILE]
 
 The DVAE notebook's sizes: a batch of 100 MNIST-sized random images, 20 latent variables of
 10-of-20 subsets, the encoder 784-512-256-400 and decoder 400-256-512-784, Adam; each
@@ -57,7 +58,7 @@ def worker(args) -> None:
     return times
 
   rows = []
-  for variant, fields in json.loads(args.variants).items():
+  for variant, fields in json.loads(args.variant_fields).items():
     config = configs.TrainConfig(**fields)
     task_static = train.VAETask(config, splits).static
     state = train.create_train_state(key, config)
@@ -91,7 +92,10 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=1, help="alternating rounds of worker processes")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  p.add_argument("--variants", default="{}", help=argparse.SUPPRESS)
+  p.add_argument(
+    "--variants", nargs="+", default=None, help="sweep variants to time (default: all)"
+  )
+  p.add_argument("--variant_fields", default="{}", help=argparse.SUPPRESS)
   p.add_argument("--library", default=str(REPO), help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
@@ -100,7 +104,11 @@ def main() -> None:
   # The sweep's variants, by name; the workers may load another checkout's example.
   from benchmarks.vae_results import VARIANTS
 
-  flags = ["--repeats", str(args.repeats), "--variants", json.dumps(VARIANTS)]
+  unknown = set(args.variants or ()) - set(VARIANTS)
+  if unknown:
+    p.error(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
+  chosen = {name: VARIANTS[name] for name in args.variants or VARIANTS}
+  flags = ["--repeats", str(args.repeats), "--variant_fields", json.dumps(chosen)]
   runs = run_checkouts("benchmarks.bench_vae_step", flags, args.baseline, args.rounds)
   info = machine()
   print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")

@@ -105,6 +105,14 @@ def test_gradient_matches_finite_differences_of_enumeration(n, k, rng, x64):
   check_grads(lambda x: sj.exactly_k_entropy(x, k), (jnp.asarray(logits),), order=1, modes=["rev"])
 
 
+@pytest.mark.parametrize("n, k", [(5, 2), (7, 3)])
+def test_second_derivatives_and_forward_mode_match_finite_differences(n, k, rng, x64):
+  logits = rng.normal(size=(2, n))
+  check_grads(
+    lambda x: sj.exactly_k_entropy(x, k), (jnp.asarray(logits),), order=2, modes=["fwd", "rev"]
+  )
+
+
 def test_gradient_with_an_excluded_item(rng, x64):
   logits = rng.normal(size=6)
   logits[2] = -np.inf

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 import subsets_jax as sj
+from subsets_jax._src import imle
 
 # One shape (with leading batch axes) and k for most tests below: every compilation of the
 # gamma sampler is slow.
@@ -75,6 +76,20 @@ def test_the_ks_test_rejects_a_wrong_construction(gamma_sums):
   assert stats.kstest(1.05 * pooled, stats.gumbel_r.cdf).pvalue < _KS_ALPHA
   # A shift by a tenth of a standard deviation is rejected as well.
   assert stats.kstest(pooled + 0.13, stats.gumbel_r.cdf).pvalue < _KS_ALPHA
+
+
+@pytest.mark.parametrize("alpha", [1.1, 11.0])
+@pytest.mark.parametrize("buffer", [None, 16])
+def test_the_gamma_sampler_draws_gamma_variables(alpha, buffer, key):
+  # buffer 16 holds far fewer slots than the about 1,000 first-round rejections of 20,000
+  # draws, so the redraws run over many rounds of the outer loop.
+  draws = np.asarray(
+    imle._gamma_at_least_one(key, alpha, (100, 200), jnp.float32, buffer=buffer), np.float64
+  ).ravel()
+  assert np.all(draws > 0)
+  assert stats.kstest(draws, stats.gamma(alpha).cdf).pvalue > _KS_ALPHA
+  # Power: the same draws scaled by 1.1 (a Gamma of scale 1.1) are rejected.
+  assert stats.kstest(draws * 1.1, stats.gamma(alpha).cdf).pvalue < _KS_ALPHA
 
 
 def test_noise_shape_dtype_and_determinism(key, x64):

@@ -441,14 +441,39 @@ def entropy_core(logits: jax.Array, k: int) -> jax.Array:
   # of H = log Z - <mu, x> as small as the logits' spread allows.
   top = jnp.max(jnp.where(finite, logits, -jnp.inf), axis=-1, keepdims=True)
   top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
-  x = jnp.where(finite, logits - top, -jnp.inf)
-  # One pass of the recursion gives log Z and, by its VJP, the marginals mu = d log Z / dx.
+  return _entropy(jnp.where(finite, logits - top, -jnp.inf), k)
+
+
+def _log_partition_and_marginals(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """log Z and, by the VJP of the same pass of the recursion, mu = d log Z / dx."""
   log_z, vjp = jax.vjp(lambda x: _log_partition(x, k), x)
   (mu,) = vjp(jnp.ones_like(log_z))
-  # Excluded items have mu = 0; multiplying by 0 rather than -inf keeps the gradient finite.
-  mean_score = jnp.sum(mu * jnp.where(finite, x, 0), axis=-1)
+  return log_z, mu
+
+
+def _entropy_of(log_z: jax.Array, mu: jax.Array, x_finite: jax.Array) -> jax.Array:
   # H >= 0; rounding can leave a few ulp below 0 where the distribution is (nearly) a point.
-  return jnp.maximum(log_z - mean_score, 0)
+  return jnp.maximum(log_z - jnp.sum(mu * x_finite, axis=-1), 0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _entropy(x: jax.Array, k: int) -> jax.Array:
+  """H = log Z - <mu, x> of shifted logits `x` (-inf for excluded items)."""
+  # Excluded items have mu = 0; multiplying by 0 rather than -inf keeps every term finite.
+  x_finite = jnp.where(jnp.isfinite(x), x, 0)
+  return _entropy_of(*_log_partition_and_marginals(x, k), x_finite)
+
+
+@_entropy.defjvp
+def _entropy_jvp(k, primals, tangents):
+  r"""dH = -<J x, dx>, with J = d mu / dx the (symmetric) covariance of the k-hot vector:
+  one forward-mode pass over the marginals' VJP, instead of reverse mode over it."""
+  (x,), (dx,) = primals, tangents
+  finite = jnp.isfinite(x)
+  x_finite = jnp.where(finite, x, 0)
+  (log_z, mu), (_, j_x) = jax.jvp(lambda x: _log_partition_and_marginals(x, k), (x,), (x_finite,))
+  d_entropy = -jnp.sum(jnp.where(finite, j_x * dx, 0), axis=-1)
+  return _entropy_of(log_z, mu, x_finite), d_entropy
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

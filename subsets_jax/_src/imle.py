@@ -18,28 +18,58 @@ DEFAULT_TERMS = 10
 _EULER_GAMMA = 0.5772156649015329
 
 
-def _gamma_at_least_one(key: jax.Array, alpha: float, shape, dtype) -> jax.Array:
+def _gamma_at_least_one(
+  key: jax.Array, alpha: float, shape, dtype, *, buffer: int | None = None
+) -> jax.Array:
   """Gamma(alpha, 1) for a static alpha >= 1: Marsaglia & Tsang's rejection sampler.
 
-  Every element draws a candidate per round; rounds repeat until all have accepted (each
-  accepts with probability above 0.95), so the array is sampled exactly with a few rounds
-  of whole-array draws instead of a loop per element.
+  Every element draws one candidate (each accepts with probability above 0.95); the
+  rejected ones are gathered into a buffer of `buffer` slots (default: an eighth of the
+  array, at least 256) that redraws until all its elements have accepted, as often as
+  rejected elements remain. Each element's accepted value is an exact Gamma draw, and a
+  round of redraws costs a fraction of a whole-array draw.
   """
   d = alpha - 1 / 3
   c = 1 / (9 * d) ** 0.5
 
-  def draw(state):
-    key, out, done = state
-    key, normal_key, uniform_key = jax.random.split(key, 3)
-    x = jax.random.normal(normal_key, shape, dtype)
-    u = jax.random.uniform(uniform_key, shape, dtype, minval=jnp.finfo(dtype).tiny)
+  def candidates(key, candidate_shape):
+    normal_key, uniform_key = jax.random.split(key)
+    x = jax.random.normal(normal_key, candidate_shape, dtype)
+    u = jax.random.uniform(uniform_key, candidate_shape, dtype, minval=jnp.finfo(dtype).tiny)
     v = (1 + c * x) ** 3
     log_v = jnp.log(jnp.where(v > 0, v, 1))
-    accept = (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * v + d * log_v)
-    return key, jnp.where(done, out, d * v), done | accept
+    return d * v, (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * v + d * log_v)
 
-  init = (key, jnp.zeros(shape, dtype), jnp.zeros(shape, bool))
-  return jax.lax.while_loop(lambda s: ~jnp.all(s[2]), draw, init)[1]
+  first_key, rounds_key = jax.random.split(key)
+  out, done = candidates(first_key, shape)
+  out, done = out.reshape(-1), done.reshape(-1)
+  size = out.size
+  slots = min(size, buffer or max(256, size // 8))
+
+  def fill(key, out, rows, valid):
+    """Candidates for the `rows` until every valid one has accepted."""
+
+    def draw(state):
+      key, value, accepted = state
+      key, round_key = jax.random.split(key)
+      candidate, accept = candidates(round_key, (slots,))
+      value = jnp.where(accepted, value, candidate)
+      return key, value, accepted | accept
+
+    init = (key, out.at[rows].get(mode="fill", fill_value=0), ~valid)
+    return jax.lax.while_loop(lambda s: ~jnp.all(s[2]), draw, init)[1]
+
+  def redraw(state):
+    key, out, done = state
+    key, fill_key = jax.random.split(key)
+    # The first `slots` rejected elements, redrawn in the buffer until all accept; indices
+    # past the array fill the rest of the buffer and are dropped.
+    (rows,) = jnp.nonzero(~done, size=slots, fill_value=size)
+    value = fill(fill_key, out, rows, rows < size)
+    return key, out.at[rows].set(value, mode="drop"), done.at[rows].set(True, mode="drop")
+
+  init = (rounds_key, out, done)
+  return jax.lax.while_loop(lambda s: ~jnp.all(s[2]), redraw, init)[1].reshape(shape)
 
 
 def _gamma(key: jax.Array, alpha: float, shape, dtype) -> jax.Array:
