@@ -127,7 +127,8 @@ def ns_table(results: dict) -> str:
       accuracy = [100 * r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
       tau = best.rsplit("_tau", 1)[1] if best else None
       cells.append(
-        f"{statistics.fmean(accuracy):.2f} % (tau {tau}, {len(accuracy)} seeds)"
+        f"{statistics.fmean(accuracy):.2f} % (tau {tau}, {len(accuracy)} "
+        f"seed{'s' if len(accuracy) > 1 else ''})"
         if accuracy
         else "-"
       )

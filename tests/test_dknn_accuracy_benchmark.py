@@ -154,5 +154,5 @@ def test_neuralsort_grid_chooses_on_validation_and_tables_each_k():
   ]
   assert "--num_samples" in sweep.STUDIES["ns_mnist_k1_tau16_score_function"][1]
   lines = sweep.ns_table(results).splitlines()
-  assert lines[2] == "| 1 | 91.16 % (tau 16, 1 seeds) | - |"
-  assert lines[5] == "| 9 | 99.16 % (tau 16, 1 seeds) | - |"
+  assert lines[2] == "| 1 | 91.16 % (tau 16, 1 seed) | - |"
+  assert lines[5] == "| 9 | 99.16 % (tau 16, 1 seed) | - |"
