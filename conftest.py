@@ -12,6 +12,16 @@ def _strict_jax():
     yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+  # One process runs the whole suite, and every compiled executable holds a few memory
+  # maps; past the kernel's limit on a process's maps (vm.max_map_count, 65,530 by default)
+  # XLA aborts while compiling. Dropping the compiled code after each module bounds the
+  # count by one module's.
+  yield
+  jax.clear_caches()
+
+
 @pytest.fixture
 def key():
   return jax.random.key(0)
