@@ -21,10 +21,10 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 from benchmarks.common import (
   REPO,
+  call_times,
   compiled_temp_bytes,
   load_library,
   machine,
@@ -82,12 +82,7 @@ def worker(args) -> None:
       for name in args.functions.split(","):
         jitted = jax.jit(_function(name), static_argnums=2)
         temp = compiled_temp_bytes(jitted, key, scores, k, draw) / 2**20
-        jax.block_until_ready(jitted(key, scores, k, draw))
-        times = []
-        for _ in range(args.repeats):
-          start = time.perf_counter()
-          jax.block_until_ready(jitted(key, scores, k, draw))
-          times.append(time.perf_counter() - start)
+        times = call_times(lambda: jitted(key, scores, k, draw), args.repeats)
         rows.append(
           {"function": name, "rows": args.rows, "n": n, "k": k, "times_s": times, "temp_mb": temp}
         )

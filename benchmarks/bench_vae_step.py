@@ -21,10 +21,10 @@ import functools
 import json
 import pathlib
 import sys
-import time
 
 from benchmarks.common import (
   REPO,
+  call_times,
   load_library,
   machine,
   median_row,
@@ -48,22 +48,15 @@ def worker(args) -> None:
   images = jnp.asarray(pixels)
   key = jax.random.key(0)
 
-  def timed(step, state):
-    jax.block_until_ready(step(state))
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(step(state))
-      times.append(time.perf_counter() - start)
-    return times
-
   rows = []
   for variant, fields in json.loads(args.variant_fields).items():
     config = configs.TrainConfig(**fields)
     task_static = train.VAETask(config, splits).static
     state = train.create_train_state(key, config)
     step = functools.partial(train.train_step, config_static=task_static)
-    times = timed(lambda s, step=step: step(s, images, key, config.tau, config.lam)[1], state)
+    times = call_times(
+      lambda step=step: step(state, images, key, config.tau, config.lam)[1], args.repeats
+    )
     rows.append({"variant": variant, "times_s": times})
 
   config = configs.TrainConfig()
@@ -81,7 +74,9 @@ def worker(args) -> None:
     value, grads = jax.value_and_grad(loss)(state.params)
     return state.apply_gradients(grads=grads), value
 
-  rows.append({"variant": "model", "times_s": timed(lambda s: model_step(s)[1], state)})
+  rows.append(
+    {"variant": "model", "times_s": call_times(lambda: model_step(state)[1], args.repeats)}
+  )
   json.dump(rows, sys.stdout)
 
 

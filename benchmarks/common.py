@@ -34,6 +34,19 @@ def median_times(fns: dict, repeats: int, warmup: int = 2, block: int = 3) -> di
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def call_times(fn, repeats: int) -> list[float]:
+  """Wall times of `repeats` calls of `fn()` (blocked until ready), after one untimed call."""
+  import jax
+
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def load_library(root: pathlib.Path) -> None:
   """Makes `import subsets_jax` load the package under `root` (ahead of an installed one).
 

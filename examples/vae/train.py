@@ -66,11 +66,15 @@ def _reconstruction(params, z: jax.Array, x: jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, x).sum()
 
 
-def _set_kl(logits: jax.Array, z: jax.Array, k: int) -> jax.Array:
-  """log q(S) - log prior(S) of the k-hot `z` under the Gumbel-top-k rows `logits`."""
-  indices = jax.lax.top_k(z, k)[1]
+def _set_log_ratio(logits: jax.Array, indices: jax.Array, k: int) -> jax.Array:
+  """log q(S) - log prior(S) of the sets `indices` [groups, k] under the rows `logits`."""
   log_q = sj.unordered_subset_log_prob(logits, indices).sum()
   return log_q + logits.shape[0] * _log_binom(logits.shape[-1], k)
+
+
+def _set_kl(logits: jax.Array, z: jax.Array, k: int) -> jax.Array:
+  """log q(S) - log prior(S) of the k-hot `z` under the Gumbel-top-k rows `logits`."""
+  return _set_log_ratio(logits, jax.lax.top_k(z, k)[1], k)
 
 
 def gumbel_topk_kl(key: jax.Array, logits: jax.Array, k: int, *, draws: int) -> jax.Array:
@@ -85,12 +89,11 @@ def gumbel_topk_kl(key: jax.Array, logits: jax.Array, k: int, *, draws: int) -> 
   family="gumbel_topk", num_samples=draws)`, to rounding. That call evaluates log q twice
   per draw, once for the score and once inside f; here f's log q is the score's.
   """
-  prior = logits.shape[0] * _log_binom(logits.shape[-1], k)
 
-  def log_q(key):
-    return sj.unordered_subset_log_prob(logits, sj.gumbel_topk(key, logits, k)).sum()
+  def log_ratio(key):
+    return _set_log_ratio(logits, sj.gumbel_topk(key, logits, k), k)
 
-  f = jax.vmap(log_q)(jax.random.split(key, draws)) + prior
+  f = jax.vmap(log_ratio)(jax.random.split(key, draws))
   baseline = (jnp.sum(f) - f) / (draws - 1)
   advantage = jax.lax.stop_gradient(f - baseline)
   return jnp.mean(f + advantage * (f - jax.lax.stop_gradient(f)))
