@@ -31,6 +31,11 @@ class TrainConfig:
     "directory with the four IDX files (gzip or raw); default: $SUBSETS_JAX_DATA, the "
     "repository's data/, Debian's fashion-mnist path, then tensorflow-datasets",
   )
+  model: str = _field(
+    "convnet",
+    "embedding network: convnet (the reference's) or vgg (four 3x3 convolutions, larger)",
+    ("convnet", "vgg"),
+  )
   k: int = _field(9, "neighbours in the loss and in the kNN vote")
   eval_k: int | None = _field(None, "neighbours in the evaluation's kNN vote (None: k)")
   eval_k_grid: tuple[int, ...] = _field(

@@ -101,3 +101,46 @@ class ConvNet(nn.Module):
     x = pool(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.embedding_dim)(x))
+
+
+class VGGNet(nn.Module):
+  """(conv 3x3x32 -> ReLU) x 2 -> max-pool 2 -> (conv 3x3x64 -> ReLU) x 2 -> max-pool 2 ->
+  dense -> ReLU, every convolution with SAME padding.
+
+  A larger embedding network than the reference `ConvNet`: four convolutions instead of
+  two, 1.6 million parameters instead of 0.43 million at 28x28 (most in the dense layer on
+  the 7x7x64 features), with the same (Flax default) initialisation. The first convolution
+  is computed as patches x matrix (`PatchConv`) and the pooling as a reshape.
+
+  Attributes:
+    embedding_dim: output size.
+    channels: the two blocks' convolution widths.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from dknn.models import VGGNet
+    >>> net = VGGNet()
+    >>> params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> net.apply(params, jnp.zeros((4, 28, 28, 1))).shape
+    (4, 500)
+  """
+
+  embedding_dim: int = 500
+  channels: tuple[int, int] = (32, 64)
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` images (H, W >= 4) -> `[B, embedding_dim]` non-negative embeddings."""
+    if images.ndim != 4 or min(images.shape[1:3]) < 4:
+      raise ValueError(
+        "images must have shape [batch, height, width, channels] with height and width at "
+        f"least 4; got shape {images.shape}."
+      )
+    x = images
+    for block, width in enumerate(self.channels):
+      for layer in range(2):
+        first = block == layer == 0
+        x = nn.relu((PatchConv(width, 3, "SAME") if first else nn.Conv(width, (3, 3)))(x))
+      x = _max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    return nn.relu(nn.Dense(self.embedding_dim)(x))

@@ -1,11 +1,12 @@
-"""ConvNet: same function as the reference layers (lax convolutions, reduce_window pooling)."""
+"""ConvNet and VGGNet: same function as the reference layers (lax convolutions, reduce_window
+pooling)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dknn.models import ConvNet
+from dknn.models import ConvNet, VGGNet
 
 
 def reference_forward(params, images, padding):
@@ -67,3 +68,40 @@ def test_gradients_match_reference_layers(key):
 def test_bad_images_are_rejected_with_a_clear_error(shape, padding, match):
   with pytest.raises(ValueError, match=match):
     ConvNet(padding=padding).init(jax.random.key(0), jnp.zeros(shape))
+
+
+def vgg_reference_forward(params, images):
+  def conv(x, layer):
+    y = jax.lax.conv_general_dilated(
+      x,
+      layer["kernel"],
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST,
+    )
+    return jax.nn.relu(y + layer["bias"].reshape(1, 1, 1, -1))
+
+  def pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+  x = pool(conv(conv(images, params["PatchConv_0"]), params["Conv_0"]))
+  x = pool(conv(conv(x, params["Conv_1"]), params["Conv_2"]))
+  dense = params["Dense_0"]
+  return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense["kernel"] + dense["bias"][None, :])
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28, 1), (2, 13, 13, 3)])
+def test_vgg_matches_reference_layers(shape, key):
+  net = VGGNet(embedding_dim=40)
+  images = jax.random.uniform(key, shape)
+  params = net.init(jax.random.key(1), images)["params"]
+  ours = net.apply({"params": params}, images)
+  assert ours.shape == (shape[0], 40)
+  ref = vgg_reference_forward(params, images)
+  np.testing.assert_allclose(ours, ref, atol=1e-5 * float(jnp.abs(ref).max()), rtol=1e-4)
+
+
+def test_vgg_rejects_images_without_a_channel_axis():
+  with pytest.raises(ValueError, match="channels"):
+    VGGNet().init(jax.random.key(0), jnp.zeros((2, 28, 28)))

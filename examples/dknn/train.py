@@ -30,7 +30,7 @@ import subsets_jax as sj
 
 from . import parallel as sharding
 from .configs import TrainConfig
-from .models import ConvNet
+from .models import ConvNet, VGGNet
 
 _print_flush = functools.partial(print, flush=True)
 
@@ -75,8 +75,13 @@ def make_splits(data: datasets.Dataset, config: TrainConfig) -> Splits:
 
 
 @functools.lru_cache(maxsize=16)
-def make_model(image_shape: tuple[int, ...]) -> ConvNet:
-  """The ConvNet for images of `image_shape`; one object per shape (see `make_optimizer`)."""
+def make_model(image_shape: tuple[int, ...], name: str = "convnet") -> ConvNet | VGGNet:
+  """The embedding network `name` ("convnet" or "vgg") for images of `image_shape`; one
+  object per argument pair (see `make_optimizer`)."""
+  if name == "vgg":
+    return VGGNet()
+  if name != "convnet":
+    raise ValueError(f"model must be 'convnet' or 'vgg'; got {name!r}.")
   # The reference net needs 28x28 inputs with VALID padding; smaller images use SAME.
   return ConvNet(padding="VALID" if min(image_shape[:2]) >= 28 else "SAME")
 
@@ -104,8 +109,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
 def create_train_state(
   key: jax.Array, config: TrainConfig, image_shape: tuple[int, ...], steps_per_epoch: int
 ) -> TrainState:
-  """Initialises the ConvNet parameters and the optimiser state."""
-  model = make_model(tuple(image_shape))
+  """Initialises the embedding network's parameters and the optimiser state."""
+  model = make_model(tuple(image_shape), config.model)
   params = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
   return TrainState.create(
     apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch)

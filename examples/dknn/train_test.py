@@ -444,18 +444,23 @@ def test_query_and_neighbor_embeddings_equal_one_batch_pass():
   np.testing.assert_allclose(neighbor_emb, together[3:], rtol=1e-5, atol=1e-6)
 
 
-def _one_step(estimator, **kw):
-  """The parameters after one train_step of `estimator` from the same state and batch."""
-  config = dataclasses.replace(DIGITS, estimator=estimator)
-  state = training.create_train_state(jax.random.key(0), config, (8, 8, 1), steps_per_epoch=1)
+def _toy_batch():
+  """10 queries and 30 neighbours of 8x8 noise images in 3 classes."""
   images = jax.random.normal(jax.random.key(1), (40, 8, 8, 1))
   labels = jnp.arange(40) % 3
-  batch = {
+  return {
     "query_images": images[:10],
     "query_labels": labels[:10],
     "neighbor_images": images[10:],
     "neighbor_labels": labels[10:],
   }
+
+
+def _one_step(estimator, **kw):
+  """The parameters after one train_step of `estimator` from the same state and batch."""
+  config = dataclasses.replace(DIGITS, estimator=estimator)
+  state = training.create_train_state(jax.random.key(0), config, (8, 8, 1), steps_per_epoch=1)
+  batch = _toy_batch()
   state, metrics = training.train_step_jit(
     state, batch, jax.random.key(2), 1.0, k=3, estimator=estimator, **kw
   )
@@ -493,3 +498,19 @@ def test_the_estimator_flags_reach_the_config():
   assert (config.estimator, config.lam) == ("imle", 50.0)
   with pytest.raises(SystemExit):
     train_mnist.parse_args(["--estimator", "gumbel"])
+
+
+def test_the_model_flag_builds_the_vgg_net_and_it_trains():
+  config = train_mnist.make_config(train_mnist.parse_args(["--config", "digits", "--model", "vgg"]))
+  assert config.model == "vgg"
+  state = training.create_train_state(jax.random.key(0), config, (8, 8, 1), steps_per_epoch=1)
+  assert set(state.params) == {"PatchConv_0", "Conv_0", "Conv_1", "Conv_2", "Dense_0"}
+  batch = _toy_batch()
+  new, metrics = training.train_step_jit(state, batch, jax.random.key(2), 1.0, k=3)
+  assert np.isfinite(float(metrics["loss"]))
+  before, after = jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(new.params)
+  assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+  with pytest.raises(SystemExit):
+    train_mnist.parse_args(["--model", "resnet"])
+  with pytest.raises(ValueError, match="model must be"):
+    training.make_model((28, 28, 1), "resnet")
