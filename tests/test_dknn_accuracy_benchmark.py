@@ -117,6 +117,25 @@ def test_a_diverged_run_is_tabled_as_such_and_left_out_of_the_mean():
   assert any(line.startswith("A diverged run's training loss became non-finite") for line in lines)
 
 
+def test_a_run_that_diverged_before_validation_is_a_result(tmp_path, monkeypatch):
+  from benchmarks import dknn_accuracy
+
+  # The example's final record of such a run: no best state, so no test metrics.
+  final = {"final": True, "best_val_accuracy": None, "best_epoch": None, "best_step": None}
+  final.update(epochs_done=0.07, steps=37, train_time_s=11.3, wall_time_s=18.4)
+  final.update(diverged_at_step=37)
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(final) + "\n")
+  monkeypatch.setattr(
+    dknn_accuracy.subprocess,
+    "run",
+    lambda cmd, cwd: subprocess.CompletedProcess(cmd, dknn_accuracy.EXIT_DIVERGED),
+  )
+  cmd = dknn_accuracy.command("simple", 0, tmp_path, smoke=True)
+  entry = dknn_accuracy.run_one("simple", 0, cmd, tmp_path, {"runs": {}})
+  assert entry["test_accuracy"] is None and entry["best_val_accuracy"] is None
+  assert (entry["diverged_at_step"], entry["val_curve"]) == (37, [])
+
+
 def test_the_vote_k_chosen_on_validation_is_named_per_seed():
   from benchmarks import dknn_accuracy
 
