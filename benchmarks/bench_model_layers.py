@@ -1,11 +1,12 @@
-"""The dKNN ConvNet's CPU-friendly layers against Flax's stock ones: train-step time.
+"""The dKNN embedding nets' CPU-friendly layers against Flax's stock ones: train-step time.
 
-  python -m benchmarks.bench_model_layers [--steps 30] [--batch 200]
+  python -m benchmarks.bench_model_layers [--model convnet|vgg] [--steps 30] [--batch 200]
 
-`ConvNet(cpu_layers=True)` computes its first convolution as patches x matrix and its
-pooling as a reshape and a max; `cpu_layers=False` uses `nn.Conv` and `nn.max_pool`. Both
-compute the same function. Times one jitted SGD step on the dKNN loss (queries and
-neighbours of MNIST size), the two variants interleaved; prints the medians and their ratio.
+`ConvNet(cpu_layers=True)` and `VGGNet(cpu_layers=True)` compute their first convolution as
+patches x matrix and their pooling as a reshape and a max; `cpu_layers=False` uses `nn.Conv`
+and `nn.max_pool`. Both compute the same function. Times one jitted SGD step on the dKNN
+loss (queries and neighbours of MNIST size), the two variants interleaved; prints the
+medians and their ratio.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from benchmarks.common import machine, write_results
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 
-from dknn.models import ConvNet
+from dknn.models import ConvNet, VGGNet
+
+MODELS = {"convnet": ConvNet, "vgg": VGGNet}
 
 
-def make_step(model: ConvNet):
+def make_step(model):
   @jax.jit
   def step(params, images, labels, key):
     def loss(params):
@@ -44,6 +47,7 @@ def make_step(model: ConvNet):
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--model", default="convnet", choices=MODELS, help="the embedding net")
   p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
   p.add_argument("--batch", type=int, default=200, help="queries + neighbours per step")
   p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -54,7 +58,7 @@ def main(argv=None) -> None:
   key = jax.random.key(0)
   variants = {}
   for cpu_layers in (True, False):
-    model = ConvNet(cpu_layers=cpu_layers)
+    model = MODELS[args.model](cpu_layers=cpu_layers)
     params = model.init(jax.random.key(1), images[:1])["params"]
     step = make_step(model)
     jax.block_until_ready(step(params, images, labels, key))
@@ -66,11 +70,14 @@ def main(argv=None) -> None:
       times.append(time.perf_counter() - start)
   medians = {name: statistics.median(v[2]) for name, v in variants.items()}
   info = machine()
-  print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}")
+  print(f"{info['cpu']}; {info['device']}; JAX {info['jax']}; {info['date']}; {args.model}")
   print(f"cpu_layers=True : {1e3 * medians[True]:.1f} ms per step")
   print(f"cpu_layers=False: {1e3 * medians[False]:.1f} ms per step")
   print(f"stock / cpu_layers: {medians[False] / medians[True]:.2f}x")
-  write_results(args.out, {"machine": info, "ms": {str(k): 1e3 * v for k, v in medians.items()}})
+  write_results(
+    args.out,
+    {"machine": info, "model": args.model, "ms": {str(k): 1e3 * v for k, v in medians.items()}},
+  )
 
 
 if __name__ == "__main__":

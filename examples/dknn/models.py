@@ -109,12 +109,13 @@ class VGGNet(nn.Module):
 
   A larger embedding network than the reference `ConvNet`: four convolutions instead of
   two, 1.6 million parameters instead of 0.43 million at 28x28 (most in the dense layer on
-  the 7x7x64 features), with the same (Flax default) initialisation. The first convolution
-  is computed as patches x matrix (`PatchConv`) and the pooling as a reshape.
+  the 7x7x64 features), with the same (Flax default) initialisation.
 
   Attributes:
     embedding_dim: output size.
     channels: the two blocks' convolution widths.
+    cpu_layers: the first convolution as `PatchConv` and the pooling as a reshape (True),
+      or `nn.Conv` and `nn.max_pool` (False); the same function.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -127,6 +128,7 @@ class VGGNet(nn.Module):
 
   embedding_dim: int = 500
   channels: tuple[int, int] = (32, 64)
+  cpu_layers: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -136,11 +138,16 @@ class VGGNet(nn.Module):
         "images must have shape [batch, height, width, channels] with height and width at "
         f"least 4; got shape {images.shape}."
       )
+    if self.cpu_layers:
+      first_conv, pool = functools.partial(PatchConv, size=3, padding="SAME"), _max_pool_2x2
+    else:
+      first_conv = functools.partial(nn.Conv, kernel_size=(3, 3))
+      pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
     x = images
     for block, width in enumerate(self.channels):
       for layer in range(2):
-        first = block == layer == 0
-        x = nn.relu((PatchConv(width, 3, "SAME") if first else nn.Conv(width, (3, 3)))(x))
-      x = _max_pool_2x2(x)
+        conv = first_conv if block == layer == 0 else functools.partial(nn.Conv, kernel_size=(3, 3))
+        x = nn.relu(conv(width)(x))
+      x = pool(x)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.embedding_dim)(x))

@@ -85,15 +85,19 @@ def vgg_reference_forward(params, images):
   def pool(x):
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
-  x = pool(conv(conv(images, params["PatchConv_0"]), params["Conv_0"]))
-  x = pool(conv(conv(x, params["Conv_1"]), params["Conv_2"]))
+  # The four convolutions in creation order: PatchConv_0, Conv_0..2 or Conv_0..3.
+  convs = [v for name, v in params.items() if name != "Dense_0"]
+  assert len(convs) == 4
+  x = pool(conv(conv(images, convs[0]), convs[1]))
+  x = pool(conv(conv(x, convs[2]), convs[3]))
   dense = params["Dense_0"]
   return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense["kernel"] + dense["bias"][None, :])
 
 
+@pytest.mark.parametrize("cpu_layers", [True, False])
 @pytest.mark.parametrize("shape", [(3, 28, 28, 1), (2, 13, 13, 3)])
-def test_vgg_matches_reference_layers(shape, key):
-  net = VGGNet(embedding_dim=40)
+def test_vgg_matches_reference_layers(shape, cpu_layers, key):
+  net = VGGNet(embedding_dim=40, cpu_layers=cpu_layers)
   images = jax.random.uniform(key, shape)
   params = net.init(jax.random.key(1), images)["params"]
   ours = net.apply({"params": params}, images)
