@@ -95,8 +95,8 @@ for _dataset in NS_DATASETS:
 
 # The larger embedding network (`--model vgg`) at the reference's k = 9, tau = 1, the
 # Fashion-MNIST grid's best for the reference ConvNet; NeuralSort's 93.5 % on Fashion-MNIST
-# used a ResNet-18. At the reference's learning rate 1e-3 its embeddings' scale grows
-# without bound within the first epoch; 3e-4 keeps it finite.
+# used a ResNet-18. Its embeddings' scale runs away (docs/dknn.md): within the first epoch
+# at the reference's learning rate 1e-3, later at 3e-4.
 for _dataset in NS_DATASETS:
   STUDIES[f"ns_vgg_{_dataset}"] = (
     f"relaxed, VGG-style net, lr 3e-4, {_dataset}, k = 9, tau = 1, no augmentation",
