@@ -26,9 +26,7 @@ from benchmarks.common import machine, write_results
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 
-from dknn.models import ConvNet, VGGNet
-
-MODELS = {"convnet": ConvNet, "vgg": VGGNet}
+from dknn.models import MODELS
 
 
 def make_step(model):

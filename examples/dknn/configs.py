@@ -13,6 +13,8 @@ from harness import image_data
 
 import subsets_jax as sj
 
+from .models import MODELS
+
 
 def _field(default, text: str, choices=None, **metadata):
   return dataclasses.field(default=default, metadata={"help": text, "choices": choices, **metadata})
@@ -34,7 +36,7 @@ class TrainConfig:
   model: str = _field(
     "convnet",
     "embedding network: convnet (the reference's) or vgg (four 3x3 convolutions, larger)",
-    ("convnet", "vgg"),
+    tuple(MODELS),
   )
   k: int = _field(9, "neighbours in the loss and in the kNN vote")
   eval_k: int | None = _field(None, "neighbours in the evaluation's kNN vote (None: k)")

@@ -46,6 +46,15 @@ class PatchConv(nn.Module):
     return patches @ kernel.reshape(-1, self.features) + bias.reshape(1, 1, 1, -1)
 
 
+def first_conv_and_pool(cpu_layers: bool, size: int, padding: str):
+  """(a constructor `features -> first convolution`, the 2x2 max-pool): `PatchConv` and the
+  reshape pool where `cpu_layers`, else `nn.Conv` and `nn.max_pool`; the same function."""
+  if cpu_layers:
+    return functools.partial(PatchConv, size=size, padding=padding), _max_pool_2x2
+  conv = functools.partial(nn.Conv, kernel_size=(size, size), padding=padding)
+  return conv, functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+
+
 class ConvNet(nn.Module):
   """conv 5x5x20 -> ReLU -> max-pool 2 -> conv 5x5x50 -> ReLU -> max-pool 2 -> dense -> ReLU.
 
@@ -91,12 +100,8 @@ class ConvNet(nn.Module):
         f'padding="{self.padding}": it needs at least {smallest} x {smallest}'
         + (' (use padding="SAME" for smaller images).' if self.padding == "VALID" else ".")
       )
-    if self.cpu_layers:
-      conv, pool = PatchConv(20, 5, self.padding), _max_pool_2x2
-    else:
-      conv = nn.Conv(20, (5, 5), padding=self.padding)
-      pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
-    x = pool(nn.relu(conv(images)))
+    first_conv, pool = first_conv_and_pool(self.cpu_layers, 5, self.padding)
+    x = pool(nn.relu(first_conv(20)(images)))
     x = nn.Conv(50, (5, 5), padding=self.padding)(x)
     x = pool(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
@@ -138,16 +143,16 @@ class VGGNet(nn.Module):
         "images must have shape [batch, height, width, channels] with height and width at "
         f"least 4; got shape {images.shape}."
       )
-    if self.cpu_layers:
-      first_conv, pool = functools.partial(PatchConv, size=3, padding="SAME"), _max_pool_2x2
-    else:
-      first_conv = functools.partial(nn.Conv, kernel_size=(3, 3))
-      pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    first_conv, pool = first_conv_and_pool(self.cpu_layers, 3, "SAME")
     x = images
     for block, width in enumerate(self.channels):
       for layer in range(2):
-        conv = first_conv if block == layer == 0 else functools.partial(nn.Conv, kernel_size=(3, 3))
-        x = nn.relu(conv(width)(x))
+        conv = first_conv(width) if block == layer == 0 else nn.Conv(width, (3, 3))
+        x = nn.relu(conv(x))
       x = pool(x)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.embedding_dim)(x))
+
+
+# The embedding networks by the name that `--model` takes.
+MODELS = {"convnet": ConvNet, "vgg": VGGNet}

@@ -9,25 +9,30 @@ import pytest
 from dknn.models import ConvNet, VGGNet
 
 
-def reference_forward(params, images, padding):
-  def conv(x, layer):
-    y = jax.lax.conv_general_dilated(
-      x,
-      layer["kernel"],
-      (1, 1),
-      padding,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      precision=jax.lax.Precision.HIGHEST,
-    )
-    return y + layer["bias"].reshape(1, 1, 1, -1)
+def _conv(x, layer, padding):
+  y = jax.lax.conv_general_dilated(
+    x,
+    layer["kernel"],
+    (1, 1),
+    padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return y + layer["bias"].reshape(1, 1, 1, -1)
 
-  def pool(x):
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
-  x = pool(jax.nn.relu(conv(images, params["PatchConv_0"])))
-  x = pool(jax.nn.relu(conv(x, params["Conv_0"])))
-  dense = params["Dense_0"]
+def _pool(x):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def _dense_relu(x, dense):
   return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense["kernel"] + dense["bias"][None, :])
+
+
+def reference_forward(params, images, padding):
+  x = _pool(jax.nn.relu(_conv(images, params["PatchConv_0"], padding)))
+  x = _pool(jax.nn.relu(_conv(x, params["Conv_0"], padding)))
+  return _dense_relu(x, params["Dense_0"])
 
 
 @pytest.mark.parametrize(
@@ -72,26 +77,14 @@ def test_bad_images_are_rejected_with_a_clear_error(shape, padding, match):
 
 def vgg_reference_forward(params, images):
   def conv(x, layer):
-    y = jax.lax.conv_general_dilated(
-      x,
-      layer["kernel"],
-      (1, 1),
-      "SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      precision=jax.lax.Precision.HIGHEST,
-    )
-    return jax.nn.relu(y + layer["bias"].reshape(1, 1, 1, -1))
-
-  def pool(x):
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return jax.nn.relu(_conv(x, layer, "SAME"))
 
   # The four convolutions in creation order: PatchConv_0, Conv_0..2 or Conv_0..3.
   convs = [v for name, v in params.items() if name != "Dense_0"]
   assert len(convs) == 4
-  x = pool(conv(conv(images, convs[0]), convs[1]))
-  x = pool(conv(conv(x, convs[2]), convs[3]))
-  dense = params["Dense_0"]
-  return jax.nn.relu(x.reshape(x.shape[0], -1) @ dense["kernel"] + dense["bias"][None, :])
+  x = _pool(conv(conv(images, convs[0]), convs[1]))
+  x = _pool(conv(conv(x, convs[2]), convs[3]))
+  return _dense_relu(x, params["Dense_0"])
 
 
 @pytest.mark.parametrize("cpu_layers", [True, False])

@@ -30,7 +30,7 @@ import subsets_jax as sj
 
 from . import parallel as sharding
 from .configs import TrainConfig
-from .models import ConvNet, VGGNet
+from .models import MODELS, ConvNet, VGGNet
 
 _print_flush = functools.partial(print, flush=True)
 
@@ -76,12 +76,12 @@ def make_splits(data: datasets.Dataset, config: TrainConfig) -> Splits:
 
 @functools.lru_cache(maxsize=16)
 def make_model(image_shape: tuple[int, ...], name: str = "convnet") -> ConvNet | VGGNet:
-  """The embedding network `name` ("convnet" or "vgg") for images of `image_shape`; one
-  object per argument pair (see `make_optimizer`)."""
-  if name == "vgg":
-    return VGGNet()
+  """The embedding network `name` (a key of `models.MODELS`) for images of `image_shape`;
+  one object per argument pair (see `make_optimizer`)."""
+  if name not in MODELS:
+    raise ValueError(f"model must be one of {tuple(MODELS)}; got {name!r}.")
   if name != "convnet":
-    raise ValueError(f"model must be 'convnet' or 'vgg'; got {name!r}.")
+    return MODELS[name]()
   # The reference net needs 28x28 inputs with VALID padding; smaller images use SAME.
   return ConvNet(padding="VALID" if min(image_shape[:2]) >= 28 else "SAME")
 
