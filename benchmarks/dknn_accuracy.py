@@ -74,6 +74,10 @@ NS_ESTIMATORS = {
   "imle": ("--estimator", "imle"),
   "score_function": ("--estimator", "score_function", "--num_samples", "2"),
 }
+# I-MLE's lambda beside the library's default 10: its gradient (z - z') / lambda makes lambda
+# both the target's perturbation and the inverse of the step size.
+DEFAULT_IMLE_LAM = 10.0  # the example's default, `sj.imle_topk`'s
+NS_IMLE_LAMS = (100.0, 1000.0)
 
 
 def ns_study(dataset: str, k: int, tau: float, estimator: str = "relaxed") -> str:
@@ -91,6 +95,11 @@ for _dataset in NS_DATASETS:
         STUDIES[ns_study(_dataset, _k, _tau, _estimator)] = (
           f"{_estimator}, {_name}",
           (*_flags, *_extra),
+        )
+      for _lam in NS_IMLE_LAMS:
+        STUDIES[ns_study(_dataset, _k, _tau, f"imle_lam{_lam:g}")] = (
+          f"imle, lambda = {_lam:g}, {_name}",
+          (*_flags, *NS_ESTIMATORS["imle"], "--lam", f"{_lam:g}"),
         )
 
 # The larger embedding network (`--model vgg`) at the reference's k = 9, tau = 1, the
@@ -146,6 +155,40 @@ def ns_table(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def ns_estimator_table(results: dict) -> str:
+  """The estimators whose training differs, at each data set's best grid configuration:
+  test accuracy, mean ± sd over the seeds run, and the best validation accuracy."""
+  bests = [ns_best(results, d) for d in NS_DATASETS]
+  rows = {
+    "relaxed": "relaxed",
+    "simple": "SIMPLE",
+    "imle": f"I-MLE, lambda = {DEFAULT_IMLE_LAM:g}",
+    **{f"imle_lam{lam:g}": f"I-MLE, lambda = {lam:g}" for lam in NS_IMLE_LAMS},
+    "score_function": "score function, 2 draws",
+  }
+  lines = [
+    "| estimator | " + " | ".join(f"{d} (test; best validation)" for d in NS_DATASETS) + " |",
+    "|---|" + "---|" * len(NS_DATASETS),
+  ]
+  for estimator, label in rows.items():
+    cells = []
+    for best in bests:
+      study = best if best is None or estimator == "relaxed" else f"{best}_{estimator}"
+      runs = [r for r in results["runs"].values() if study and r["study"] == study]
+      finite = [r for r in runs if r.get("diverged_at_step") is None]
+      test, sd = _mean_sd([100 * r["test_accuracy"] for r in finite])
+      if not finite:
+        cells.append("-" if not runs else f"{len(runs)} diverged")
+        continue
+      val = statistics.fmean(100 * r["best_val_accuracy"] for r in finite)
+      spread = f" ± {sd:.2f}" if len(finite) > 1 else ""
+      seeds = f"{len(finite)} seed{'s' if len(finite) > 1 else ''}"
+      cells.append(f"{test:.2f}{spread} % ({seeds}); {val:.2f} %")
+    if any(c != "-" for c in cells):
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,7 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     "validation); for NeuralSort's protocol on DATASET (mnist, fashion_mnist): "
     f"ns_grid_DATASET (seed 0 of k in {NS_K_GRID} x tau in {NS_TAU_GRID}, no augmentation), "
     "ns_best_DATASET (the grid's best on validation), ns_estimators_DATASET (SIMPLE, I-MLE "
-    "and the score function at that configuration), ns_vgg_DATASET (the larger embedding "
+    "and the score function at that configuration), ns_imle_lams_DATASET (seed 0 of I-MLE at "
+    f"that configuration with lambda in {NS_IMLE_LAMS}), ns_vgg_DATASET (the larger embedding "
     "network, k = 9, tau = 1)",
   )
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per study (grid: seed 0)")
@@ -208,16 +252,19 @@ def planned_runs(studies: list[str], seeds: int, results: dict) -> list[tuple[st
       runs += [(name, 0) for name in GRID]
     elif study.startswith("ns_grid_"):
       runs += [(name, 0) for name in ns_grid(study.removeprefix("ns_grid_"))]
-    elif study.startswith(("ns_best_", "ns_estimators_")):
-      dataset = study.removeprefix("ns_best_").removeprefix("ns_estimators_")
+    elif study.startswith(("ns_best_", "ns_estimators_", "ns_imle_lams_")):
+      kind, dataset = re.fullmatch(r"(ns_best|ns_estimators|ns_imle_lams)_(.+)", study).groups()
       best = ns_best(results, dataset)
       if best is None:
         raise SystemExit(f"{study} needs the grid's results first: run --studies ns_grid_{dataset}")
-      names = [best]
-      if study.startswith("ns_estimators_"):
-        k, tau = best.removeprefix(f"ns_{dataset}_").split("_")
-        names = [ns_study(dataset, int(k[1:]), float(tau[3:]), e) for e in NS_ESTIMATORS]
-      runs += [(name, seed) for name in names for seed in range(seeds)]
+      k, tau = best.removeprefix(f"ns_{dataset}_").split("_")
+      k, tau = int(k[1:]), float(tau[3:])
+      if kind == "ns_best":
+        runs += [(best, seed) for seed in range(seeds)]
+      elif kind == "ns_estimators":
+        runs += [(ns_study(dataset, k, tau, e), s) for e in NS_ESTIMATORS for s in range(seeds)]
+      else:  # seed 0 of each lambda; seed 0 of the default lambda is the estimators' study
+        runs += [(ns_study(dataset, k, tau, f"imle_lam{lam:g}"), 0) for lam in NS_IMLE_LAMS]
     elif study == "best_tau":
       best = best_tau_study(results)
       if best is None:
@@ -415,6 +462,11 @@ def report(table: pathlib.Path, results: dict) -> None:
     text += (
       "\nNeuralSort's protocol, per vote k (its Table 5; no augmentation, tau chosen on "
       f"validation from {{{', '.join(f'{t:g}' for t in NS_TAU_GRID)}}}):\n\n" + ns_table(results)
+    )
+    text += (
+      "\nEstimators whose training differs, at each data set's best configuration above "
+      "(straight-through is left out: on this loss, linear in the k-hot vector, its gradient "
+      "is the relaxed one bit for bit):\n\n" + ns_estimator_table(results)
     )
   table.with_suffix(".md").write_text(text)
   if rows:

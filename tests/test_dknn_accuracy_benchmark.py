@@ -172,6 +172,38 @@ def test_neuralsort_grid_chooses_on_validation_and_tables_each_k():
     (f"ns_mnist_k1_tau16_{e}", s) for e in ("simple", "imle", "score_function") for s in (0, 1)
   ]
   assert "--num_samples" in sweep.STUDIES["ns_mnist_k1_tau16_score_function"][1]
+  assert sweep.planned_runs(["ns_imle_lams_mnist", "ns_best_mnist"], 2, results) == [
+    ("ns_mnist_k1_tau16_imle_lam100", 0),
+    ("ns_mnist_k1_tau16_imle_lam1000", 0),
+    ("ns_mnist_k1_tau16", 0),
+    ("ns_mnist_k1_tau16", 1),
+  ]
+  flags = sweep.STUDIES["ns_mnist_k1_tau16_imle_lam1000"][1]
+  assert flags[flags.index("--estimator") + 1] == "imle"
+  assert flags[flags.index("--lam") + 1] == "1000"
   lines = sweep.ns_table(results).splitlines()
   assert lines[2] == "| 1 | 91.16 % (tau 16, 1 seed) | - |"
   assert lines[5] == "| 9 | 99.16 % (tau 16, 1 seed) | - |"
+
+
+def test_neuralsort_estimator_table_rows_at_the_best_configuration():
+  from benchmarks import dknn_accuracy as sweep
+
+  runs = []
+  for k in sweep.NS_K_GRID:
+    for tau in sweep.NS_TAU_GRID:
+      val = 0.99 if (k, tau) == (5, 1.0) else 0.98
+      runs.append(
+        dict(_entry(sweep.ns_study("mnist", k, tau), 0, 0.99, 60.0, "A"), best_val_accuracy=val)
+      )
+  best = "ns_mnist_k5_tau1"
+  runs.append(dict(_entry(best, 1, 0.98, 60.0, "A"), best_val_accuracy=0.97))
+  runs += [_entry(f"{best}_simple", s, acc, 60.0, "A") for s, acc in [(0, 0.991), (1, 0.993)]]
+  runs.append(dict(_entry(f"{best}_imle_lam100", 0, 0.5, 60.0, "A"), diverged_at_step=7))
+  runs.append(_entry("ns_mnist_k9_tau1_score_function", 0, 0.9, 60.0, "A"))  # not the best
+  results = {"runs": {f"{r['study']}/seed{r['seed']}": r for r in runs}}
+  lines = sweep.ns_estimator_table(results).splitlines()
+  assert lines[2] == "| relaxed | 98.50 ± 0.71 % (2 seeds); 98.00 % | - |"
+  assert lines[3].startswith("| SIMPLE | 99.20 ± 0.14 % (2 seeds); ")
+  assert lines[4] == "| I-MLE, lambda = 100 | 1 diverged | - |"
+  assert len(lines) == 5  # no row for estimators without runs at the best configuration
