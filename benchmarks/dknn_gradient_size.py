@@ -1,6 +1,6 @@
 """The size of the dKNN loss's parameter gradient under each estimator, at one network state.
 
-  python -m benchmarks.dknn_gradient_size [--workdir RUN] [--batches 2] [--draws 8] [--out F]
+  python -m benchmarks.dknn_gradient_size [--workdir RUN] [--batches 2] [--draws 8] [--out PATH]
 
 For a few training batches of 100 queries and 100 candidate neighbours (MNIST, the example's
 split), the Euclidean norm of the gradient of `sj.dknn_loss` (k = 5, tau = 1) with respect to
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", type=pathlib.Path, help="a run of examples/train_mnist.py")
   p.add_argument("--batches", type=int, default=2, help="training batches")
   p.add_argument("--draws", type=int, default=8, help="noise draws per batch and estimator")
-  p.add_argument("--out", help="write the norms as JSON here")
+  p.add_argument("--out", help="write the table to OUT.md and the norms to OUT.json")
   args = p.parse_args(argv)
 
   from dknn import configs, train
@@ -151,8 +152,9 @@ def main(argv=None) -> int:
   states = {"initialisation": init}
   if args.workdir is not None:
     state, meta = restore_latest(args.workdir, init)
-    position = meta["position"]
-    states[f"{args.workdir} at epoch {position['epoch']}, step {position['step_in_epoch']}"] = state
+    epochs, steps = meta["position"]["epoch"], meta["position"]["step_in_epoch"]
+    after = f"{args.workdir} after {epochs} epochs" + (f" and {steps} steps" if steps else "")
+    states[after] = state
   batches = training_batches(splits.train_images, splits.train_labels, args.batches)
   rows = {}
   for name, state in states.items():
@@ -161,10 +163,19 @@ def main(argv=None) -> int:
       for label, values in gradient_norms(state, batch, draws=args.draws).items():
         norms.setdefault(label, []).append(values)
     rows[name] = norms
-  print(f"{machine()}; k = {K}, tau = {TAU}; {args.batches} batches x {args.draws} draws")
-  print(table(rows))
+  info = machine()
+  workdir = f" --workdir {args.workdir}" if args.workdir else ""
+  text = (
+    f"{table(rows)}\nk = {K}, tau = {TAU}; {args.batches} batches x {args.draws} draws; "
+    f"{os.cpu_count()}-core {info['cpu']}, JAX {info['jax']}, {info['date']}; "
+    f"`python -m benchmarks.dknn_gradient_size{workdir}`.\n"
+  )
+  print(text)
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps({"machine": machine(), "norms": rows}, indent=1))
+    pathlib.Path(args.out).with_suffix(".md").write_text(text)
+    pathlib.Path(args.out).with_suffix(".json").write_text(
+      json.dumps({"machine": info, "norms": rows}, indent=1) + "\n"
+    )
   return 0
 
 
