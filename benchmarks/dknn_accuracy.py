@@ -157,7 +157,8 @@ def ns_table(results: dict) -> str:
 
 def ns_estimator_table(results: dict) -> str:
   """The estimators whose training differs, at each data set's best grid configuration:
-  test accuracy, mean ± sd over the seeds run, and the best validation accuracy."""
+  test accuracy, mean ± sd over the seeds run, and the best validation accuracy (from the
+  rows of `summarise`)."""
   bests = [ns_best(results, d) for d in NS_DATASETS]
   rows = {
     "relaxed": "relaxed",
@@ -170,20 +171,25 @@ def ns_estimator_table(results: dict) -> str:
     "| estimator | " + " | ".join(f"{d} (test; best validation)" for d in NS_DATASETS) + " |",
     "|---|" + "---|" * len(NS_DATASETS),
   ]
+  studies = {row["study"]: row for row in summarise(results)}
   for estimator, label in rows.items():
     cells = []
     for best in bests:
       study = best if best is None or estimator == "relaxed" else f"{best}_{estimator}"
-      runs = [r for r in results["runs"].values() if study and r["study"] == study]
-      finite = [r for r in runs if r.get("diverged_at_step") is None]
-      test, sd = _mean_sd([100 * r["test_accuracy"] for r in finite])
-      if not finite:
-        cells.append("-" if not runs else f"{len(runs)} diverged")
+      row = studies.get(study)
+      if row is None:
+        cells.append("-")
         continue
-      val = statistics.fmean(100 * r["best_val_accuracy"] for r in finite)
-      spread = f" ± {sd:.2f}" if len(finite) > 1 else ""
-      seeds = f"{len(finite)} seed{'s' if len(finite) > 1 else ''}"
-      cells.append(f"{test:.2f}{spread} % ({seeds}); {val:.2f} %")
+      finite = len(row["seeds"]) - len(row["diverged"])
+      if not finite:
+        cells.append(f"{len(row['diverged'])} diverged")
+        continue
+      spread = f" ± {row['test_accuracy_sd']:.2f}" if finite > 1 else ""
+      seeds = f"{finite} seed{'s' if finite > 1 else ''}"
+      cells.append(
+        f"{row['test_accuracy_mean']:.2f}{spread} % ({seeds}); "
+        f"{row['best_val_accuracy_mean']:.2f} %"
+      )
     if any(c != "-" for c in cells):
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
