@@ -111,6 +111,12 @@ for _dataset in NS_DATASETS:
     f"relaxed, VGG-style net, lr 3e-4, {_dataset}, k = 9, tau = 1, no augmentation",
     ("--dataset", _dataset, "--model", "vgg", "--k", "9", "--tau", "1", "--lr", "3e-4"),
   )
+  # The same net with group and layer normalisation, whose embedding scale is one learned
+  # scale's, at the reference's learning rate.
+  STUDIES[f"ns_vgg_norm_{_dataset}"] = (
+    f"relaxed, normalised VGG-style net, {_dataset}, k = 9, tau = 1, no augmentation",
+    ("--dataset", _dataset, "--model", "vgg_norm", "--k", "9", "--tau", "1"),
+  )
 
 
 def ns_grid(dataset: str) -> list[str]:
@@ -210,7 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "ns_best_DATASET (the grid's best on validation), ns_estimators_DATASET (SIMPLE, I-MLE "
     "and the score function at that configuration), ns_imle_lams_DATASET (seed 0 of I-MLE at "
     f"that configuration with lambda in {NS_IMLE_LAMS}), ns_vgg_DATASET (the larger embedding "
-    "network, k = 9, tau = 1)",
+    "network, k = 9, tau = 1), ns_vgg_norm_DATASET (it with group and layer normalisation)",
   )
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per study (grid: seed 0)")
   p.add_argument("--root", default="runs/dknn_accuracy", help="work directories of the runs")

@@ -35,7 +35,8 @@ class TrainConfig:
   )
   model: str = _field(
     "convnet",
-    "embedding network: convnet (the reference's) or vgg (four 3x3 convolutions, larger)",
+    "embedding network: convnet (the reference's), vgg (four 3x3 convolutions, larger) or "
+    "vgg_norm (vgg with group and layer normalisation)",
     tuple(MODELS),
   )
   k: int = _field(9, "neighbours in the loss and in the kNN vote")

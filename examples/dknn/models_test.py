@@ -102,3 +102,84 @@ def test_vgg_matches_reference_layers(shape, cpu_layers, key):
 def test_vgg_rejects_images_without_a_channel_axis():
   with pytest.raises(ValueError, match="channels"):
     VGGNet().init(jax.random.key(0), jnp.zeros((2, 28, 28)))
+
+
+def _normalize(x, axes, eps=1e-6):
+  """(x - mean) / sqrt(var + eps) over `axes`, in float64."""
+  x = np.asarray(x, np.float64)
+  return (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+
+
+def _group_norm(x, groups, layer):
+  b, h, w, c = x.shape
+  g = _normalize(np.asarray(x).reshape(b, h, w, groups, c // groups), (1, 2, 4))
+  return g.reshape(b, h, w, c) * np.asarray(layer["scale"]) + np.asarray(layer["bias"])
+
+
+def vgg_norm_reference_forward(params, images):
+  """Each convolution, then a NumPy group normalisation (8 groups), then ReLU; the dense
+  layer, then a NumPy layer normalisation, then ReLU."""
+  x = images
+  # The four convolutions in order: PatchConv_0, Conv_0..2, or Conv_0..3.
+  convs = sorted((n for n in params if "Conv" in n), key=lambda n: (n[0] != "P", n))
+  assert len(convs) == 4
+  for i, name in enumerate(convs):
+    y = _group_norm(_conv(x, params[name], "SAME"), 8, params[f"GroupNorm_{i}"])
+    x = jnp.asarray(np.maximum(y, 0.0), jnp.float32)
+    if i % 2 == 1:
+      x = _pool(x)
+  dense = np.asarray(x, np.float64).reshape(x.shape[0], -1) @ np.asarray(
+    params["Dense_0"]["kernel"]
+  )
+  dense = dense + np.asarray(params["Dense_0"]["bias"])[None, :]
+  ln = params["LayerNorm_0"]
+  return np.maximum(_normalize(dense, (1,)) * np.asarray(ln["scale"]) + np.asarray(ln["bias"]), 0.0)
+
+
+@pytest.mark.parametrize("cpu_layers", [True, False])
+def test_vgg_norm_matches_reference_normalisations(cpu_layers, key):
+  net = VGGNet(embedding_dim=40, cpu_layers=cpu_layers, normalize=True)
+  images = jax.random.uniform(key, (3, 28, 28, 1))
+  params = net.init(jax.random.key(1), images)["params"]
+  # Non-trivial learned scales and biases, so that their placement is checked too.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = jax.tree.unflatten(
+    tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+  )
+  ours = net.apply({"params": params}, images)
+  ref = vgg_norm_reference_forward(params, images)
+  np.testing.assert_allclose(ours, ref, atol=2e-4 * float(np.abs(ref).max()), rtol=1e-3)
+
+
+_VGG_LAYERS = ["PatchConv_0", "Conv_0", "Conv_1", "Conv_2", "Dense_0"]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_vgg_embedding_scale_with_and_without_normalisation(normalize, key):
+  """Multiplying every layer's kernel by c (and layer i's bias by c ** (i + 1)) multiplies
+  the plain net's embedding by c ** 5 and leaves the normalised net's unchanged: its scale
+  is the layer normalisation's alone."""
+  c = 4.0
+  net = VGGNet(embedding_dim=16, normalize=normalize)
+  images = jax.random.uniform(key, (2, 28, 28, 1))
+  params = net.init(jax.random.key(1), images)["params"]
+  params = {  # Non-zero biases, so that their scaling is exercised.
+    name: {**layer, "bias": layer["bias"] + 0.01} if name in _VGG_LAYERS else layer
+    for name, layer in params.items()
+  }
+  scaled = {
+    name: (
+      {"kernel": layer["kernel"] * c, "bias": layer["bias"] * c ** (_VGG_LAYERS.index(name) + 1)}
+      if name in _VGG_LAYERS
+      else layer
+    )
+    for name, layer in params.items()
+  }
+  base = net.apply({"params": params}, images)
+  factor = 1.0 if normalize else c**5
+  out = net.apply({"params": scaled}, images)
+  assert float(jnp.abs(base).max()) > 0.0
+  np.testing.assert_allclose(
+    out, factor * base, rtol=1e-3, atol=1e-4 * factor * float(jnp.abs(base).max())
+  )

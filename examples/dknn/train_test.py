@@ -500,11 +500,21 @@ def test_the_estimator_flags_reach_the_config():
     train_mnist.parse_args(["--estimator", "gumbel"])
 
 
-def test_the_model_flag_builds_the_vgg_net_and_it_trains():
-  config = train_mnist.make_config(train_mnist.parse_args(["--config", "digits", "--model", "vgg"]))
-  assert config.model == "vgg"
+_VGG_LAYERS = {"PatchConv_0", "Conv_0", "Conv_1", "Conv_2", "Dense_0"}
+
+
+@pytest.mark.parametrize(
+  "model,layers",
+  [
+    ("vgg", _VGG_LAYERS),
+    ("vgg_norm", _VGG_LAYERS | {f"GroupNorm_{i}" for i in range(4)} | {"LayerNorm_0"}),
+  ],
+)
+def test_the_model_flag_builds_the_vgg_net_and_it_trains(model, layers):
+  config = train_mnist.make_config(train_mnist.parse_args(["--config", "digits", "--model", model]))
+  assert config.model == model
   state = training.create_train_state(jax.random.key(0), config, (8, 8, 1), steps_per_epoch=1)
-  assert set(state.params) == {"PatchConv_0", "Conv_0", "Conv_1", "Conv_2", "Dense_0"}
+  assert set(state.params) == layers
   batch = _toy_batch()
   new, metrics = training.train_step_jit(state, batch, jax.random.key(2), 1.0, k=3)
   assert np.isfinite(float(metrics["loss"]))
