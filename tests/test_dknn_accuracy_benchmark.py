@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +24,7 @@ def _sweep(tmp_path, *flags):
   )
 
 
+@pytest.mark.slow
 def test_smoke_sweep_writes_the_table_and_resumes(tmp_path):
   run = _sweep(tmp_path)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -5,6 +5,7 @@ import pathlib
 import jupytext
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -16,6 +17,7 @@ def test_ipynb_matches_its_paired_script():
   assert sources(ipynb) == sources(script), "run `jupytext --sync notebooks/subset_sampling.py`"
 
 
+@pytest.mark.slow
 def test_notebook_executes(tmp_path):
   nb = nbformat.read(NOTEBOOKS / "subset_sampling.ipynb", as_version=4)
   nbclient.NotebookClient(

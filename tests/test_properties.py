@@ -11,6 +11,7 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,6 +80,7 @@ def test_relaxed_topk(problem, hard):
     _check_khot_like(sj.soft_topk(scores, k, tau), k, excluded, dt, probabilities=False)
 
 
+@pytest.mark.slow
 @given(problems())
 def test_samplers_never_pick_an_excluded_item(problem):
   values, dtype, k, _, excluded = problem
@@ -99,6 +101,7 @@ def test_samplers_never_pick_an_excluded_item(problem):
     _check_finite_grad(simple, scores)
 
 
+@pytest.mark.slow
 @given(problems())
 def test_exact_marginals(problem):
   values, dtype, k, _, excluded = problem

@@ -22,6 +22,9 @@ from tensorboardX.proto import event_pb2
 from dknn import configs
 from dknn import train as training
 
+# The tests train the ConvNet for whole epochs: compiled with XLA's optimisations on.
+pytestmark = pytest.mark.xla_optimized
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "train_mnist.py"
 # Two epochs of 23 steps; a periodic checkpoint every 5 steps.
@@ -103,6 +106,7 @@ def test_tensorboard_events_hold_the_curves(straight):
   assert scalars["test/accuracy"] == [(46, pytest.approx(summary["test_accuracy"]))]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_exactly_from_the_periodic_checkpoint(
   straight, tmp_path, monkeypatch
 ):
@@ -132,7 +136,7 @@ def test_resume_after_a_crash_continues_exactly_from_the_periodic_checkpoint(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_the_step_and_resume_is_exact(straight, tmp_path, signum):
-  lines = []
+  lines, before = [], signal.getsignal(signal.SIGINT)
 
   def log(line):
     lines.append(line)
@@ -145,7 +149,7 @@ def test_signal_saves_the_step_and_resume_is_exact(straight, tmp_path, signum):
   assert (stop.value.epoch, stop.value.step, stop.value.exit_code) == (1, 1, 128 + signum)
   assert "interrupted at epoch 1, step 1 of 23; rerun with --resume" in str(stop.value)
   assert _checkpoint(tmp_path)[0] == 1
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  assert signal.getsignal(signal.SIGINT) is before  # handlers restored
   summary = training.train_and_evaluate(DIGITS, tmp_path, resume=True, log=_quiet)
   _assert_same_params(_checkpoint(tmp_path)[1], _checkpoint(straight[0])[1])
   assert summary["test_accuracy"] == straight[1]["test_accuracy"]
@@ -234,6 +238,7 @@ def test_a_run_that_stays_finite_records_no_divergence(straight):
 
 
 def test_the_second_signal_is_not_caught():
+  before = signal.getsignal(signal.SIGINT)  # Python's handler, or SIG_IGN in a background job
   with stopping.handle_signals() as stop:
     assert not stop
     signal.raise_signal(signal.SIGINT)
@@ -241,7 +246,7 @@ def test_the_second_signal_is_not_caught():
     # The operating system's action again: a second Ctrl-C ends the process at once.
     assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_extending_a_finished_run_supersedes_its_final_record(straight, tmp_path):
@@ -328,6 +333,7 @@ def _start(args, **kwargs):
   return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_example_saves_and_resume_matches_an_uninterrupted_run(straight, tmp_path):
   flags = [*DIGITS_FLAGS, "--workdir", "run"]  # relative to the working directory
   run = _start(flags, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -379,6 +385,7 @@ def test_the_example_rejects_a_resume_with_a_changed_field(straight):
   assert "tau: saved 1.0, now 4.0" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_example_cli_on_an_mnist_subset_data_parallel(tmp_path):
   workdir = tmp_path / "run"
   flags = [

@@ -5,6 +5,7 @@ and the command line.
 IDX files first); `checkpoints`: Orbax checkpoints (latest and best) and the check that a
 resumed run's configuration matches the saved one; `stopping`: a clean stop on SIGINT /
 SIGTERM; `metric_writers`: `metrics.jsonl` and TensorBoard; `loop`: the epoch / step loop
-with resume, time budget, divergence stop and validation-based model selection; `flags` and
-`cli`: flags generated from a configuration dataclass, one run and its exit status.
+with resume, time budget, divergence stop and validation-based model selection;
+`optimizers`: optimisers shared by the runs of one process; `flags` and `cli`: flags
+generated from a configuration dataclass, one run and its exit status.
 """

@@ -15,9 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.training import train_state
-from harness import loop
+from harness import loop, optimizers
 
 import subsets_jax as sj
 
@@ -40,7 +39,7 @@ def create_train_state(key: jax.Array, config: TrainConfig) -> TrainState:
   return TrainState.create(
     apply_fn=None,
     params=params,
-    tx=optax.adam(config.learning_rate),
+    tx=optimizers.adam(config.learning_rate),
     batch_stats=approximator["batch_stats"],
   )
 

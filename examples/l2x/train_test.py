@@ -101,6 +101,7 @@ class _Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_exact(straight, tmp_path, monkeypatch):
   _, reference = straight
   real_step = training.L2XTask.train_step

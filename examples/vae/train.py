@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from harness import loop
+from harness import loop, optimizers
 
 import subsets_jax as sj
 
@@ -52,7 +52,7 @@ def create_train_state(key: jax.Array, config: TrainConfig) -> train_state.Train
     "decoder": models.decoder(PIXELS).init(dec_key, jnp.zeros((latents,), jnp.float32))["params"],
   }
   return train_state.TrainState.create(
-    apply_fn=None, params=params, tx=optax.adam(config.learning_rate)
+    apply_fn=None, params=params, tx=optimizers.adam(config.learning_rate)
   )
 
 

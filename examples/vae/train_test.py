@@ -177,6 +177,7 @@ def updates(splits):
   return out
 
 
+@pytest.mark.slow
 def test_every_estimator_gives_its_own_update(updates):
   flat = {}
   for name, (state, new, metrics) in updates.items():
@@ -244,6 +245,7 @@ class _Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_exact(straight, splits, tmp_path, monkeypatch):
   _, reference = straight
   real_step = training.VAETask.train_step
@@ -309,8 +311,10 @@ def test_the_cli_runs_a_short_training(tmp_path, capsys):
   sys.path.insert(0, str(SCRIPT.parent))
   import train_vae
 
-  flags = ["--train_size", "200", "--batch_size", "100", "--num_epochs", "1", "--val_size", "100"]
-  flags += ["--test_size", "100", "--test_draws", "2", "--no-progress", "--workdir", str(tmp_path)]
+  # The shapes and draws of SMALL: the run reuses the steps compiled by the tests above.
+  flags = ["--train_size", "200", "--batch_size", "50", "--num_epochs", "1", "--val_size", "100"]
+  flags += ["--test_size", "100", "--test_draws", "3", "--eval_batch_size", "100"]
+  flags += ["--no-progress", "--workdir", str(tmp_path)]
   assert train_vae.main(flags) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert np.isfinite(result["test_loss"]) and result["diverged_at_step"] is None
