@@ -31,9 +31,10 @@ def _compile_effort(request):
   # (the examples' command lines, the notebook) compile as a user's would. The compiled
   # code is dropped after each module (below), so no module reuses another's.
   optimized = any(m.name == "xla_optimized" for m in request.node.iter_markers())
+  before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", not optimized)
   yield
-  jax.config.update("jax_disable_most_optimizations", False)
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(autouse=True, scope="module")
