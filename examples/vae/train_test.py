@@ -312,8 +312,9 @@ def test_the_cli_runs_a_short_training(tmp_path, capsys):
   import train_vae
 
   # The shapes and draws of SMALL: the run reuses the steps compiled by the tests above.
-  flags = ["--train_size", "200", "--batch_size", "50", "--num_epochs", "1", "--val_size", "100"]
-  flags += ["--test_size", "100", "--test_draws", "3", "--eval_batch_size", "100"]
+  flags = ["--train_size", "200", "--num_epochs", "1", "--val_size", "100", "--test_size", "100"]
+  flags += ["--batch_size", str(SMALL.batch_size), "--test_draws", str(SMALL.test_draws)]
+  flags += ["--eval_batch_size", str(SMALL.eval_batch_size)]
   flags += ["--no-progress", "--workdir", str(tmp_path)]
   assert train_vae.main(flags) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
