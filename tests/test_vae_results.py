@@ -59,7 +59,8 @@ def test_entries_table_and_anchor_comparison(tmp_path):
   # Test losses 130.1 and 132.1, best epochs 3 and 4, last-epoch losses 131 and 132.
   # Only seed 0 reports the training objective on the test images.
   assert (
-    "| 131.10 ± 1.41 | 4 | 131.50 ± 0.71 | 20.00 ± 0.00 | 125.00 (1 of 2 runs) | 30 s |" in simple
+    "| 131.10 ± 1.41 | 3, 4 | 131.50 ± 0.71 | 20.00 ± 0.00 | 125.00 (1 of 2 runs) | 30 s |"
+    in simple
   )
   notebook_row = next(r for r in rows if r.startswith("| simple | exactly_k | notebook |"))
   assert "| — |" in notebook_row
