@@ -114,6 +114,12 @@ def _objective(runs: list[dict]) -> str:
   return sweep.mean_sd(values, 2) + suffix
 
 
+def _runs(results: dict, variant: str) -> list[dict]:
+  """The variant's runs, ordered by seed (the JSON keeps the order runs finished in)."""
+  keys = [k for k in results if k.startswith(f"{variant}/seed")]
+  return [results[k] for k in sorted(keys, key=lambda k: int(k.split("seed")[-1]))]
+
+
 def report(results: dict, table: pathlib.Path) -> str:
   """The Markdown table (mean ± sd over seeds) and the figure, from the JSON entries."""
   lines = [
@@ -123,11 +129,7 @@ def report(results: dict, table: pathlib.Path) -> str:
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for variant in VARIANTS:
-    keys = sorted(
-      (k for k in results if k.startswith(f"{variant}/seed")),
-      key=lambda k: int(k.split("seed")[-1]),
-    )
-    runs = [results[k] for k in keys]
+    runs = _runs(results, variant)
     if not runs:
       continue
     config = config_of(variant, 0)
@@ -175,7 +177,7 @@ def compare_with_anchor(curve: list[float]) -> str:
 
 def _anchor_rows(results: dict) -> str:
   """The like-for-like comparison: the notebook's objective, best epoch on the test set."""
-  runs = [v for k, v in results.items() if k.startswith("simple-notebook_kl/")]
+  runs = _runs(results, "simple-notebook_kl")
   if not runs:
     return ""
   best = [r["best_epoch_loss"] for r in runs]
@@ -194,8 +196,7 @@ def _plot(results: dict, path: pathlib.Path) -> None:
 
   fig, ax = plt.subplots(figsize=(7, 4))
   for i, variant in enumerate(VARIANTS):
-    runs = [v for k, v in results.items() if k.startswith(f"{variant}/")]
-    for j, run in enumerate(runs):
+    for j, run in enumerate(_runs(results, variant)):
       curve = run["notebook_curve"] or run["curve"]  # a notebook-KL run: its objective
       epochs = range(1, len(curve) + 1)
       ax.plot(epochs, curve, color=f"C{i}", lw=0.8, label=variant if j == 0 else None)

@@ -40,8 +40,17 @@ def test_entries_table_and_anchor_comparison(tmp_path):
   _write_run(tmp_path / "simple/seed1", [151.0, 141.0, 133.0, 132.0])
   notebook = [219.0, 205.0, 197.0, 196.0, 191.0]
   _write_run(tmp_path / "simple-notebook_kl/seed0", [160.0] * 5, notebook_curve=notebook)
+  later = [220.0, 206.0, 198.0, 197.0, 193.0]
+  _write_run(tmp_path / "simple-notebook_kl/seed1", [161.0] * 5, notebook_curve=later)
+  # Keys in an order other than by seed, as a sweep on two cores can finish them: every
+  # part of the report orders a variant's runs by seed.
   entries = {}
-  for key in ("simple/seed0", "simple/seed1", "simple-notebook_kl/seed0"):
+  for key in (
+    "simple/seed1",
+    "simple/seed0",
+    "simple-notebook_kl/seed1",
+    "simple-notebook_kl/seed0",
+  ):
     variant, seed = key.split("/seed")
     entries[key] = vae_results.entry(variant, int(seed), tmp_path / key)
   first = entries["simple/seed0"]
@@ -64,8 +73,10 @@ def test_entries_table_and_anchor_comparison(tmp_path):
   )
   notebook_row = next(r for r in rows if r.startswith("| simple | exactly_k | notebook |"))
   assert "| — |" in notebook_row
-  assert "| notebook | 1 |" in text
+  assert "| notebook | 2 |" in text
   anchor = vae_results.anchor_curve()
-  assert "SIMPLE 191.00 over 1 seeds" in text
+  assert "SIMPLE 192.00 ± 1.41 over 2 seeds" in text
+  # The by-epoch comparison names seed 0 and gives seed 0's curve.
+  assert f"Seed 0 by epoch (anchor in brackets): epoch 1: 219.00 ({anchor[1]:.2f})" in text
   assert f"epoch 5: 191.00 ({anchor[5]:.2f})" in text
   assert (tmp_path / "vae.png").stat().st_size > 1000
