@@ -69,7 +69,7 @@ def report(results: dict, table: pathlib.Path) -> str:
   for dataset in data.DATASETS:
     optimum = (data.K[dataset] + 1) / 2
     for estimator in sj.ESTIMATORS:
-      runs = [v for k, v in results.items() if k.startswith(f"{dataset}/{estimator}/")]
+      runs = sweep.runs_by_seed(results, f"{dataset}/{estimator}")
       if not runs:
         continue
       ranks = [r["median_rank"] for r in runs]
@@ -102,9 +102,7 @@ def _plot(results: dict, path: pathlib.Path) -> None:
   fig, axes = plt.subplots(1, len(data.DATASETS), figsize=(14, 3.2), sharey=False)
   for ax, dataset in zip(axes, data.DATASETS, strict=True):
     for i, estimator in enumerate(sj.ESTIMATORS):
-      ranks = [
-        v["median_rank"] for k, v in results.items() if k.startswith(f"{dataset}/{estimator}/")
-      ]
+      ranks = [r["median_rank"] for r in sweep.runs_by_seed(results, f"{dataset}/{estimator}")]
       ax.scatter([i] * len(ranks), ranks, s=12)
     ax.axhline((data.K[dataset] + 1) / 2, color="gray", ls=":", label="optimum")
     ax.set_xticks(range(len(sj.ESTIMATORS)), sj.ESTIMATORS, rotation=60, fontsize=7)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import statistics
 from collections.abc import Callable, Iterable
 
@@ -32,6 +33,13 @@ def record(path: pathlib.Path, key: str, entry: dict) -> dict:
   tmp.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
   tmp.replace(path)
   return results
+
+
+def runs_by_seed(results: dict, prefix: str) -> list[dict]:
+  """The entries keyed `"<prefix>/seed<S>"`, ordered by S (the JSON keeps keys sorted as text)."""
+  pattern = re.compile(re.escape(prefix) + r"/seed(\d+)")
+  seeds = {int(m.group(1)): v for k, v in results.items() if (m := pattern.fullmatch(k))}
+  return [seeds[s] for s in sorted(seeds)]
 
 
 def _held(lock: pathlib.Path) -> bool:

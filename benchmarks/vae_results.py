@@ -114,12 +114,6 @@ def _objective(runs: list[dict]) -> str:
   return sweep.mean_sd(values, 2) + suffix
 
 
-def _runs(results: dict, variant: str) -> list[dict]:
-  """The variant's runs, ordered by seed (the JSON keeps the order runs finished in)."""
-  keys = [k for k in results if k.startswith(f"{variant}/seed")]
-  return [results[k] for k in sorted(keys, key=lambda k: int(k.split("seed")[-1]))]
-
-
 def report(results: dict, table: pathlib.Path) -> str:
   """The Markdown table (mean ± sd over seeds) and the figure, from the JSON entries."""
   lines = [
@@ -129,7 +123,7 @@ def report(results: dict, table: pathlib.Path) -> str:
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for variant in VARIANTS:
-    runs = _runs(results, variant)
+    runs = sweep.runs_by_seed(results, variant)
     if not runs:
       continue
     config = config_of(variant, 0)
@@ -177,7 +171,7 @@ def compare_with_anchor(curve: list[float]) -> str:
 
 def _anchor_rows(results: dict) -> str:
   """The like-for-like comparison: the notebook's objective, best epoch on the test set."""
-  runs = _runs(results, "simple-notebook_kl")
+  runs = sweep.runs_by_seed(results, "simple-notebook_kl")
   if not runs:
     return ""
   best = [r["best_epoch_loss"] for r in runs]
@@ -196,7 +190,7 @@ def _plot(results: dict, path: pathlib.Path) -> None:
 
   fig, ax = plt.subplots(figsize=(7, 4))
   for i, variant in enumerate(VARIANTS):
-    for j, run in enumerate(_runs(results, variant)):
+    for j, run in enumerate(sweep.runs_by_seed(results, variant)):
       curve = run["notebook_curve"] or run["curve"]  # a notebook-KL run: its objective
       epochs = range(1, len(curve) + 1)
       ax.plot(epochs, curve, color=f"C{i}", lw=0.8, label=variant if j == 0 else None)
